@@ -1,0 +1,119 @@
+"""All configuration the app reads, in one place.
+
+Every environment variable the code uses is named here (and only here), so that the Bicep app
+settings and the docs can be checked against one list: see ``SETTING_NAMES``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+# Omnisend API version this app speaks. Keep it here only.
+OMNISEND_API_VERSION = "2026-03-15"
+OMNISEND_DEFAULT_URL = "https://api.omnisend.com/api/"
+
+# Names of the storage resources the app owns (Bicep creates the same names).
+QUEUE_RUNS = "export-runs"  # one message per run to plan
+QUEUE_BATCHES = "export-batches"  # one message per batch to send, and its follow-up checks
+POISON_SUFFIX = "-poison"
+TABLE_CONNECTIONS = "connections"
+TABLE_EXPORTS = "exports"
+TABLE_RUNS = "runs"
+TABLE_BATCHES = "batches"
+CONTAINER_RUN_ARTIFACTS = "exporter-runs"  # per-run reject reports
+
+# Environment variables (app settings), with their defaults.
+SETTING_NAMES = (
+    "AzureWebJobsStorage",
+    "AzureWebJobsStorage__blobServiceUri",
+    "AzureWebJobsStorage__queueServiceUri",
+    "AzureWebJobsStorage__tableServiceUri",
+    "AzureWebJobsStorage__clientId",
+    "KEY_VAULT_URL",
+    "OMNISEND_API_URL",
+    "EXPORT_SCHEDULE",
+    "REFRESH_SETTLE_SECONDS",
+    "SECRET_CACHE_SECONDS",
+    "OMNISEND_TIMEOUT_SECONDS",
+    "BATCH_CHECK_DELAY_SECONDS",
+    "EXPORTER_DEV_MODE",
+)
+DEFAULT_SCHEDULE = "0 */15 * * * *"  # NCRONTAB: every 15 minutes
+DEV_STORAGE = "UseDevelopmentStorage=true"
+
+
+class ConfigurationError(RuntimeError):
+    """The app is not configured to do what was asked; the message says which setting to fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage_connection_string: str | None
+    blob_service_uri: str | None
+    queue_service_uri: str | None
+    table_service_uri: str | None
+    managed_identity_client_id: str | None
+    key_vault_url: str | None
+    omnisend_api_url: str
+    export_schedule: str
+    refresh_settle_seconds: int
+    secret_cache_seconds: int
+    omnisend_timeout_seconds: float
+    batch_check_delay_seconds: int
+    dev_mode: bool
+    running_in_azure: bool
+
+    @property
+    def uses_identity_storage(self) -> bool:
+        return self.storage_connection_string is None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"Setting {name} must be a whole number, got {raw!r}.") from None
+    if value < minimum:
+        raise ConfigurationError(f"Setting {name} must be at least {minimum}, got {value}.")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    conn = env.get("AzureWebJobsStorage") or None
+    blob_uri = env.get("AzureWebJobsStorage__blobServiceUri") or None
+    if conn is None and blob_uri is None:
+        conn = DEV_STORAGE  # same default as the Functions tooling uses locally
+    running_in_azure = bool(env.get("WEBSITE_INSTANCE_ID") or env.get("WEBSITE_SITE_NAME"))
+    dev_mode = env.get("EXPORTER_DEV_MODE", "").lower() in ("1", "true", "yes")
+    if dev_mode and running_in_azure:
+        raise ConfigurationError(
+            "EXPORTER_DEV_MODE is set on an app running in Azure. Development mode keeps API keys "
+            "outside Key Vault and trusts identity headers; remove the setting."
+        )
+    timeout_raw = env.get("OMNISEND_TIMEOUT_SECONDS") or "30"
+    try:
+        timeout = float(timeout_raw)
+    except ValueError:
+        raise ConfigurationError(f"Setting OMNISEND_TIMEOUT_SECONDS must be a number, got {timeout_raw!r}.") from None
+    return Settings(
+        storage_connection_string=conn,
+        blob_service_uri=blob_uri,
+        queue_service_uri=env.get("AzureWebJobsStorage__queueServiceUri") or None,
+        table_service_uri=env.get("AzureWebJobsStorage__tableServiceUri") or None,
+        managed_identity_client_id=env.get("AzureWebJobsStorage__clientId") or env.get("AZURE_CLIENT_ID") or None,
+        key_vault_url=env.get("KEY_VAULT_URL") or None,
+        omnisend_api_url=env.get("OMNISEND_API_URL") or OMNISEND_DEFAULT_URL,
+        export_schedule=env.get("EXPORT_SCHEDULE") or DEFAULT_SCHEDULE,
+        refresh_settle_seconds=_int(env, "REFRESH_SETTLE_SECONDS", 120),
+        secret_cache_seconds=_int(env, "SECRET_CACHE_SECONDS", 300),
+        omnisend_timeout_seconds=timeout,
+        batch_check_delay_seconds=_int(env, "BATCH_CHECK_DELAY_SECONDS", 2),
+        dev_mode=dev_mode,
+        running_in_azure=running_in_azure,
+    )

@@ -1,0 +1,283 @@
+"""The domain: connections, exports, runs and batches.
+
+Field names in ``to_api`` follow the public JSON API (camelCase); Python attributes stay snake_case.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from enum import Enum
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(dt: datetime | None) -> str | None:
+    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if dt else None
+
+
+def parse_iso(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class RunStatus(str, Enum):
+    QUEUED = "queued"
+    PLANNING = "planning"
+    UPLOADING = "uploading"
+    VERIFYING = "verifying"
+    SUCCEEDED = "succeeded"
+    PARTIALLY_SUCCEEDED = "partiallySucceeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (RunStatus.SUCCEEDED, RunStatus.PARTIALLY_SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class BatchStatus(str, Enum):
+    QUEUED = "queued"  # enqueued by the planner, not yet sent
+    ACCEPTED = "accepted"  # Omnisend answered 201 with a batch id; outcome not known yet
+    FINISHED = "finished"  # Omnisend finished it; per-item outcome recorded
+    FAILED = "failed"  # could not be sent, or Omnisend stopped it
+
+    @property
+    def is_final(self) -> bool:
+        return self in (BatchStatus.FINISHED, BatchStatus.FAILED)
+
+
+@dataclass
+class Connection:
+    id: str
+    display_name: str
+    allow_contributors: bool
+    data_privacy_consent: bool
+    consented_by: str
+    consented_at: datetime
+    created_at: datetime
+    max_profiles_per_export: int | None = None
+
+    @property
+    def secret_name(self) -> str:
+        # Key Vault secret names allow only letters, digits and dashes.
+        return f"omnisend-connection-{self.id}"
+
+    def to_api(self) -> dict:
+        return {
+            "id": self.id,
+            "displayName": self.display_name,
+            "allowContributors": self.allow_contributors,
+            "dataPrivacyConsent": self.data_privacy_consent,
+            "consentedBy": self.consented_by,
+            "consentedAt": iso(self.consented_at),
+            "createdAt": iso(self.created_at),
+            "maxProfilesPerExport": self.max_profiles_per_export,
+        }
+
+
+# Omnisend contact fields an export can map, in API order: (json name, python attribute).
+MAPPABLE_FIELDS = (
+    ("email", "email"),
+    ("firstName", "first_name"),
+    ("lastName", "last_name"),
+    ("address", "address"),
+    ("country", "country"),
+    ("state", "state"),
+    ("city", "city"),
+    ("postalCode", "postal_code"),
+)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """Which segment column feeds each Omnisend contact field (column names, as the platform wrote them)."""
+
+    email: str
+    first_name: str | None = None
+    last_name: str | None = None
+    address: str | None = None
+    country: str | None = None
+    state: str | None = None
+    city: str | None = None
+    postal_code: str | None = None
+
+    def to_api(self) -> dict:
+        return {api: getattr(self, attr) for api, attr in MAPPABLE_FIELDS if getattr(self, attr) is not None}
+
+    @classmethod
+    def from_api(cls, data: dict) -> "Mapping":
+        return cls(**{attr: data.get(api) for api, attr in MAPPABLE_FIELDS})
+
+    def columns(self) -> dict[str, str]:
+        """Mapped contact field (json name) -> column name, for the fields that are mapped."""
+        return self.to_api()
+
+
+@dataclass(frozen=True)
+class Source:
+    container: str
+    folder: str  # the platform's root folder inside the container ("" for the container root)
+    segment: str
+
+    def to_api(self) -> dict:
+        return {"container": self.container, "folder": self.folder, "segment": self.segment}
+
+    @classmethod
+    def from_api(cls, data: dict) -> "Source":
+        return cls(container=data["container"], folder=data.get("folder") or "", segment=data["segment"])
+
+
+@dataclass
+class Export:
+    id: str
+    name: str
+    connection_id: str
+    source: Source
+    mapping: Mapping
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+    disabled_reason: str | None = None
+
+    def to_api(self) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "connectionId": self.connection_id,
+            "source": self.source.to_api(),
+            "mapping": self.mapping.to_api(),
+            "enabled": self.enabled,
+            "disabledReason": self.disabled_reason,
+            "createdAt": iso(self.created_at),
+            "updatedAt": iso(self.updated_at),
+        }
+
+
+@dataclass
+class RunCounts:
+    """Where every input row went. When a run ends: read = rejected + duplicates + confirmed + failed + skipped."""
+
+    read: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    queued: int = 0  # valid contacts put in batches for Omnisend
+    sent: int = 0  # contacts in batches Omnisend accepted
+    confirmed: int = 0  # contacts Omnisend reported as stored
+    failed: int = 0  # contacts that did not land at Omnisend
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    batches: int = 0
+    batches_done: int = 0
+
+    def add_rejection(self, reason: str) -> None:
+        self.rejected += 1
+        self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
+
+    def add_failures(self, reason: str, count: int) -> None:
+        if count:
+            self.failed += count
+            self.failed_by_reason[reason] = self.failed_by_reason.get(reason, 0) + count
+
+    @property
+    def accounted(self) -> int:
+        return self.rejected + self.duplicates + self.confirmed + self.failed + self.skipped
+
+    @property
+    def exported(self) -> int:
+        return self.confirmed
+
+    def to_api(self) -> dict:
+        return {
+            "read": self.read,
+            "rejected": self.rejected,
+            "rejectedByReason": dict(self.rejected_by_reason),
+            "duplicates": self.duplicates,
+            "queued": self.queued,
+            "sent": self.sent,
+            "confirmed": self.confirmed,
+            "failed": self.failed,
+            "failedByReason": dict(self.failed_by_reason),
+            "skipped": self.skipped,
+            "batches": self.batches,
+            "batchesDone": self.batches_done,
+        }
+
+    @classmethod
+    def from_api(cls, data: dict) -> "RunCounts":
+        names = {f.name for f in fields(cls)}
+        camel = {
+            "rejectedByReason": "rejected_by_reason",
+            "failedByReason": "failed_by_reason",
+            "batchesDone": "batches_done",
+        }
+        kwargs = {camel.get(k, k): v for k, v in data.items() if camel.get(k, k) in names}
+        return cls(**kwargs)
+
+
+@dataclass
+class Refresh:
+    """One refresh of a segment as written by the platform: a time folder and its partition blobs."""
+
+    folder: str  # blob prefix of the time folder, e.g. "ci/Seg/2026/11/28/1200/"
+    fingerprint: str  # stable digest of the partition names and ETags; equal means the same data
+    partitions: tuple[str, ...]  # blob names, in partition order
+    last_modified: datetime  # newest blob in the folder
+
+
+@dataclass
+class Run:
+    id: str
+    export_id: str
+    connection_id: str
+    trigger: str  # "schedule" or "manual"
+    status: RunStatus
+    counts: RunCounts
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    refresh_folder: str | None = None
+    refresh_fingerprint: str | None = None
+
+    def to_api(self, status_url: str | None = None) -> dict:
+        body = {
+            "runId": self.id,
+            "exportId": self.export_id,
+            "connectionId": self.connection_id,
+            "trigger": self.trigger,
+            "status": self.status.value,
+            "counts": self.counts.to_api(),
+            "createdAt": iso(self.created_at),
+            "startedAt": iso(self.started_at),
+            "finishedAt": iso(self.finished_at),
+            "error": self.error,
+            "refresh": {"folder": self.refresh_folder, "fingerprint": self.refresh_fingerprint}
+            if self.refresh_folder
+            else None,
+        }
+        if status_url:
+            body["statusUrl"] = status_url
+        return body
+
+
+@dataclass
+class Batch:
+    run_id: str
+    number: int  # 1-based, in planning order
+    size: int  # contacts in the batch
+    status: BatchStatus = BatchStatus.QUEUED
+    omnisend_batch_id: str | None = None
+    attempts: int = 0
+    confirmed: int = 0
+    failed: int = 0
+    error: str | None = None
