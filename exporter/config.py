@@ -31,6 +31,7 @@ SETTING_NAMES = (
     "AzureWebJobsStorage__queueServiceUri",
     "AzureWebJobsStorage__tableServiceUri",
     "AzureWebJobsStorage__clientId",
+    "SEGMENTS_BLOB_SERVICE_URI",
     "KEY_VAULT_URL",
     "OMNISEND_API_URL",
     "EXPORT_SCHEDULE",
@@ -39,6 +40,7 @@ SETTING_NAMES = (
     "OMNISEND_TIMEOUT_SECONDS",
     "BATCH_CHECK_DELAY_SECONDS",
     "EXPORTER_DEV_MODE",
+    "WEBSITE_AUTH_ENABLED",  # set by the platform when App Service Authentication is on; never by us
 )
 DEFAULT_SCHEDULE = "0 */15 * * * *"  # NCRONTAB: every 15 minutes
 DEV_STORAGE = "UseDevelopmentStorage=true"
@@ -55,6 +57,7 @@ class Settings:
     queue_service_uri: str | None
     table_service_uri: str | None
     managed_identity_client_id: str | None
+    segments_blob_service_uri: str | None  # where the platform writes segments, when not the app's own account
     key_vault_url: str | None
     omnisend_api_url: str
     export_schedule: str
@@ -64,6 +67,7 @@ class Settings:
     batch_check_delay_seconds: int
     dev_mode: bool
     running_in_azure: bool
+    platform_auth_enabled: bool  # App Service Authentication validates callers and sets X-MS-CLIENT-PRINCIPAL
 
     @property
     def uses_identity_storage(self) -> bool:
@@ -107,6 +111,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         queue_service_uri=env.get("AzureWebJobsStorage__queueServiceUri") or None,
         table_service_uri=env.get("AzureWebJobsStorage__tableServiceUri") or None,
         managed_identity_client_id=env.get("AzureWebJobsStorage__clientId") or env.get("AZURE_CLIENT_ID") or None,
+        segments_blob_service_uri=env.get("SEGMENTS_BLOB_SERVICE_URI") or None,
         key_vault_url=env.get("KEY_VAULT_URL") or None,
         omnisend_api_url=env.get("OMNISEND_API_URL") or OMNISEND_DEFAULT_URL,
         export_schedule=env.get("EXPORT_SCHEDULE") or DEFAULT_SCHEDULE,
@@ -116,4 +121,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_check_delay_seconds=_int(env, "BATCH_CHECK_DELAY_SECONDS", 2),
         dev_mode=dev_mode,
         running_in_azure=running_in_azure,
+        platform_auth_enabled=env.get("WEBSITE_AUTH_ENABLED", "").lower() == "true",
     )

@@ -177,7 +177,8 @@ class RunCounts:
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
     batches: int = 0
-    batches_done: int = 0
+    batches_sent: int = 0  # batches past the send step: accepted by Omnisend, or given up unsent
+    batches_done: int = 0  # batches whose every contact is counted as confirmed, failed or skipped
 
     def add_rejection(self, reason: str) -> None:
         self.rejected += 1
@@ -209,6 +210,7 @@ class RunCounts:
             "failedByReason": dict(self.failed_by_reason),
             "skipped": self.skipped,
             "batches": self.batches,
+            "batchesSent": self.batches_sent,
             "batchesDone": self.batches_done,
         }
 
@@ -218,6 +220,7 @@ class RunCounts:
         camel = {
             "rejectedByReason": "rejected_by_reason",
             "failedByReason": "failed_by_reason",
+            "batchesSent": "batches_sent",
             "batchesDone": "batches_done",
         }
         kwargs = {camel.get(k, k): v for k, v in data.items() if camel.get(k, k) in names}

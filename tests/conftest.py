@@ -45,3 +45,71 @@ def segment_container(blob_service, unique):
     container = blob_service.create_container(f"segments{unique}")
     yield container
     container.delete_container()
+
+
+# --- the app on the local stack ------------------------------------------------------------------
+
+TEST_API_KEY = "sandbox-test-key-0123456789"
+TEST_BRAND = "brand-test"
+
+
+@pytest.fixture
+def sandbox():
+    """The local Omnisend sandbox over real HTTP, with one valid API key."""
+    from devtools.omnisend_sandbox import SandboxServer
+
+    server = SandboxServer(api_keys={TEST_API_KEY: TEST_BRAND}, batch_delay_seconds=0.02)
+    server.start()
+    yield server
+    server.stop()
+
+
+def clear_app_state(storage) -> None:
+    """Empty the app's tables and queues: app resources have fixed names, so tests share them."""
+    from exporter import config
+
+    storage.ensure_resources()
+    for table in (storage.connections, storage.exports, storage.runs, storage.batches):
+        for e in table.list_entities(select=["PartitionKey", "RowKey"]):
+            table.delete_entity(e["PartitionKey"], e["RowKey"])
+    for name in (config.QUEUE_RUNS, config.QUEUE_BATCHES):
+        for q in (name, name + config.POISON_SUFFIX):
+            storage.queue_client(q).clear_messages()
+
+
+@pytest.fixture
+def app_env(sandbox):
+    """Settings of the local development mode, pointed at the sandbox."""
+    return {
+        "AzureWebJobsStorage": DEV_STORAGE,
+        "EXPORTER_DEV_MODE": "1",
+        "OMNISEND_API_URL": sandbox.url,
+        "REFRESH_SETTLE_SECONDS": "0",
+        "BATCH_CHECK_DELAY_SECONDS": "1",
+        "OMNISEND_TIMEOUT_SECONDS": "5",
+    }
+
+
+@pytest.fixture
+def services(azurite_storage, app_env):
+    """The app's services in development mode, installed for the handlers, on a clean app state."""
+    from exporter.config import load_settings
+    from exporter.services import build_services, set_services
+
+    svc = build_services(load_settings(app_env))
+    clear_app_state(svc.storage)
+    set_services(svc)
+    yield svc
+    set_services(None)
+
+
+@pytest.fixture
+def workers(services, app_env):
+    """Queue workers and HTTP server of the local runner (no timer), on the test's services."""
+    from exporter.local_runner import LocalHost
+
+    host = LocalHost(services.storage, port=0, batch_workers=4, run_workers=1, timer=False, idle_sleep=0.2,
+                     env=app_env)
+    host.start()
+    yield host
+    host.stop()

@@ -1,0 +1,87 @@
+"""HTTP trigger: the management API under /api. Each route hands its methods to plain endpoints."""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from .. import api
+from ..services import get_services
+
+bp = func.Blueprint()
+ANON = func.AuthLevel.ANONYMOUS  # callers are authenticated by App Service Authentication (see access.py)
+
+
+def to_api_request(req: func.HttpRequest) -> api.ApiRequest:
+    return api.ApiRequest(
+        method=req.method.upper(),
+        url=req.url,
+        route_params=dict(req.route_params),
+        query=dict(req.params),
+        headers={k.lower(): v for k, v in req.headers.items()},
+        body=req.get_body() or b"",
+    )
+
+
+def to_http_response(res: api.ApiResponse) -> func.HttpResponse:
+    import json
+
+    if res.body is None:
+        body = b""
+    elif isinstance(res.body, (bytes, bytearray)):
+        body = bytes(res.body)
+    else:
+        body = json.dumps(res.body).encode()
+    return func.HttpResponse(body=body, status_code=res.status, headers=res.headers, mimetype=res.content_type.split(";")[0],
+                             charset="utf-8")
+
+
+def serve(req: func.HttpRequest, **by_method: api.Endpoint) -> func.HttpResponse:
+    endpoint = by_method.get(req.method.upper())
+    if endpoint is None:
+        return to_http_response(api.problem(405, "Method not allowed", f"Use one of: {', '.join(by_method)}."))
+    return to_http_response(api.handle(endpoint, to_api_request(req), get_services()))
+
+
+@bp.route(route="connections", methods=["GET", "POST"], auth_level=ANON)
+def connections(req: func.HttpRequest) -> func.HttpResponse:
+    return serve(req, GET=api.list_connections, POST=api.create_connection)
+
+
+@bp.route(route="connections/{id}", methods=["GET", "DELETE"], auth_level=ANON)
+def connection(req: func.HttpRequest) -> func.HttpResponse:
+    return serve(req, GET=api.get_connection, DELETE=api.delete_connection)
+
+
+@bp.route(route="exports", methods=["GET", "POST"], auth_level=ANON)
+def exports(req: func.HttpRequest) -> func.HttpResponse:
+    return serve(req, GET=api.list_exports, POST=api.create_export)
+
+
+@bp.route(route="exports/{id}", methods=["GET", "PUT", "DELETE"], auth_level=ANON)
+def export(req: func.HttpRequest) -> func.HttpResponse:
+    return serve(req, GET=api.get_export, PUT=api.update_export, DELETE=api.delete_export)
+
+
+@bp.route(route="exports/{id}/runs", methods=["GET", "POST"], auth_level=ANON)
+def export_runs(req: func.HttpRequest) -> func.HttpResponse:
+    return serve(req, GET=api.list_export_runs, POST=api.start_export_run)
+
+
+@bp.route(route="runs/{id}", methods=["GET"], auth_level=ANON)
+def run(req: func.HttpRequest) -> func.HttpResponse:
+    return serve(req, GET=api.get_run)
+
+
+@bp.route(route="runs/{id}/rejects", methods=["GET"], auth_level=ANON)
+def run_rejects(req: func.HttpRequest) -> func.HttpResponse:
+    return serve(req, GET=api.get_run_rejects)
+
+
+@bp.route(route="runs/{id}/cancel", methods=["POST"], auth_level=ANON)
+def run_cancel(req: func.HttpRequest) -> func.HttpResponse:
+    return serve(req, POST=api.cancel_run)
+
+
+@bp.route(route="health", methods=["GET"], auth_level=ANON)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    return serve(req, GET=api.health)

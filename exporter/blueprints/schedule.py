@@ -1,0 +1,20 @@
+"""Timer trigger: start a run for every export whose segment has a new, complete refresh."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from .. import scheduler
+from ..services import get_services
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%EXPORT_SCHEDULE%", run_on_startup=False, use_monitor=True)
+def export_schedule(timer: func.TimerRequest) -> None:
+    if timer.past_due:
+        log.warning("timer is past due: a tick was missed; checking every export now")
+    scheduler.run_schedule(get_services())

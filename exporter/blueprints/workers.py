@@ -1,0 +1,23 @@
+"""Queue triggers: plan a run, and upload its batches."""
+
+from __future__ import annotations
+
+import json
+
+import azure.functions as func
+
+from .. import config, planner, uploader
+from ..services import get_services
+
+bp = func.Blueprint()
+
+
+@bp.queue_trigger(arg_name="msg", queue_name=config.QUEUE_RUNS, connection="AzureWebJobsStorage")
+def plan_run(msg: func.QueueMessage) -> None:
+    body = json.loads(msg.get_body())
+    planner.plan_run(get_services(), body["runId"], redelivered=(msg.dequeue_count or 1) > 1)
+
+
+@bp.queue_trigger(arg_name="msg", queue_name=config.QUEUE_BATCHES, connection="AzureWebJobsStorage")
+def upload_batch(msg: func.QueueMessage) -> None:
+    uploader.handle_batch_message(get_services(), msg.get_body().decode("utf-8"), msg.dequeue_count or 1)

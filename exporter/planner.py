@@ -1,0 +1,247 @@
+"""Plan a run: stream the segment, map and validate each row, drop duplicates, and fan out batches.
+
+Planning happens in two steps so that nothing is sent for a segment that turns out to be bad:
+1. read every partition once, writing ready-to-send batch messages to a local spool file (not
+   memory) and rejected rows to the run's report;
+2. only when the whole refresh was read cleanly, enqueue the spooled batches for the uploaders.
+A malformed file, a missing column or a contract limit therefore fails the run before any contact
+leaves the platform.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+import logging
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from . import segments
+from .domain import Run, RunCounts, RunStatus
+from .mapping import (
+    REASON_CONTACT_TOO_LARGE,
+    REASON_DUPLICATE,
+    REASON_MALFORMED_ROW,
+    REASON_NOT_UTF8,
+    ContactMapper,
+    MappingError,
+    Rejection,
+    email_key,
+)
+from .runs import fail_run, settle
+from .services import Services
+from .storage import ReportWriter
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_CONTACTS = 100  # Omnisend's limit per POST /batches
+# A queue message is at most 64 KiB after base64 (4/3): keep the JSON text well below 48 KiB.
+MAX_MESSAGE_CHARS = 46_000
+ENQUEUE_THREADS = 8
+
+
+@dataclass
+class _Pending:
+    parts: list[str]
+    refs: list[str]
+    contacts: list[str]
+    chars: int
+
+
+class BatchBuilder:
+    """Packs pre-serialised contacts into queue messages of at most 100 contacts and MAX_MESSAGE_CHARS."""
+
+    def __init__(self, run: Run, spool):
+        self._head = json.dumps(
+            {"type": "send", "runId": run.id, "exportId": run.export_id, "connectionId": run.connection_id},
+            separators=(",", ":"),
+        )[:-1]
+        self._spool = spool
+        self.batches = 0
+        self.contacts = 0
+        self._pending: _Pending | None = None
+        # envelope: head + ',"batch":NNNNNNN,"parts":[...],"refs":[...],"contacts":[...]}'
+        self._envelope = len(self._head) + 64
+
+    def fits_alone(self, contact_json: str, partition: str) -> bool:
+        return self._envelope + len(partition) + 24 + len(contact_json) <= MAX_MESSAGE_CHARS
+
+    def add(self, contact_json: str, partition: str, row: int) -> None:
+        p = self._pending
+        part_ref = json.dumps(partition)
+        extra = len(contact_json) + 16 + (0 if p and part_ref in p.parts else len(part_ref) + 1)
+        if p is not None and (len(p.contacts) >= MAX_BATCH_CONTACTS or p.chars + extra > MAX_MESSAGE_CHARS):
+            self.flush()
+            p = None
+        if p is None:
+            p = self._pending = _Pending(parts=[], refs=[], contacts=[], chars=self._envelope)
+        if part_ref not in p.parts:
+            p.parts.append(part_ref)
+        p.refs.append(f"[{p.parts.index(part_ref)},{row}]")
+        p.contacts.append(contact_json)
+        p.chars += extra
+
+    def flush(self) -> None:
+        p = self._pending
+        if not p:
+            return
+        self.batches += 1
+        self.contacts += len(p.contacts)
+        self._spool.write(
+            f'{self._head},"batch":{self.batches},"parts":[{",".join(p.parts)}],'
+            f'"refs":[{",".join(p.refs)}],"contacts":[{",".join(p.contacts)}]}}\n'
+        )
+        self._pending = None
+
+
+def _reject(report: ReportWriter, counts: RunCounts, partition: str, row: int, email: str, r: Rejection) -> None:
+    counts.add_rejection(r.reason)
+    report.add("planning", partition, row, email, r.reason, r.detail)
+
+
+def _begin(svc: Services, run_id: str, redelivered: bool) -> Run | None:
+    """Claim a queued run for planning; None when another delivery of the message already did.
+
+    A redelivered message may take over a run left in planning: its worker died (planning is
+    repeatable; batches already enqueued are recognised by number and not sent twice).
+    """
+    claimed = []
+
+    def mutate(run: Run):
+        if not (run.status is RunStatus.QUEUED or (redelivered and run.status is RunStatus.PLANNING)):
+            return False
+        run.status = RunStatus.PLANNING
+        run.started_at = svc.clock()
+        claimed.append(True)
+
+    run = svc.storage.update_run(run_id, mutate)
+    return run if claimed else None
+
+
+def plan_run(svc: Services, run_id: str, redelivered: bool = False) -> Run | None:
+    run = _begin(svc, run_id, redelivered)
+    if run is None:
+        log.info("run already claimed; message ignored", extra={"run_id": run_id})
+        return None
+    try:
+        return _plan(svc, run)
+    except Exception as e:  # noqa: BLE001 - a run must end visibly, never hang in "planning"
+        log.exception("planning failed unexpectedly", extra={"run_id": run.id, "export_id": run.export_id})
+        return fail_run(svc, run.id, f"Planning failed unexpectedly ({type(e).__name__}); nothing was sent. "
+                                     "The error was logged with this run's id.")
+
+
+def _plan(svc: Services, run: Run) -> Run:
+    ctx = {"run_id": run.id, "export_id": run.export_id}
+    export = svc.storage.get_export(run.export_id)
+    connection = svc.storage.get_connection(run.connection_id)
+    if export is None:
+        return fail_run(svc, run.id, "The export was deleted before the run started.")
+    if connection is None:
+        return fail_run(svc, run.id, f"Connection {run.connection_id} was removed; the run cannot send anything.")
+    src = export.source
+    container = svc.storage.segment_blobs.get_container_client(src.container)
+    try:
+        refresh = segments.find_latest_refresh(container, src.folder, src.segment)
+        if refresh is None:
+            return fail_run(
+                svc, run.id,
+                f"Segment {src.segment!r} has no refresh under {src.container}/{src.folder}: nothing to export yet.",
+            )
+        if not segments.is_settled(refresh, svc.clock(), svc.settings.refresh_settle_seconds):
+            return fail_run(
+                svc, run.id,
+                f"The latest refresh {refresh.folder} is still being written (last change {refresh.last_modified:%H:%M:%S} "
+                f"UTC; settle period {svc.settings.refresh_settle_seconds}s). Run again in a few minutes.",
+            )
+        schema = segments.load_schema(container, src.folder, src.segment, refresh)
+        mapper = ContactMapper(schema.columns, export.mapping)
+    except (segments.SegmentSourceError, MappingError) as e:
+        return fail_run(svc, run.id, str(e))
+
+    counts = RunCounts()
+    svc.storage.create_report(run.id)
+    report = svc.storage.open_report(run.id)
+    seen: set[int] = set()  # hash() of casefolded emails: 8 bytes of entropy per member, not the address
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    log.info("planning %s", refresh.folder, extra=ctx)
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+        builder = BatchBuilder(run, spool)
+        try:
+            for partition, number, fields, error in segments.read_rows(container, refresh, schema):
+                counts.read += 1
+                if error is not None:
+                    reason = REASON_NOT_UTF8 if error == REASON_NOT_UTF8 else REASON_MALFORMED_ROW
+                    _reject(report, counts, partition, number, mapper.email_of(fields) if reason != REASON_NOT_UTF8 else "",
+                            Rejection(reason, error))
+                    continue
+                contact = mapper.map(fields)
+                if isinstance(contact, Rejection):
+                    _reject(report, counts, partition, number, mapper.email_of(fields), contact)
+                    continue
+                email = contact["identifiers"][0]["id"]
+                key = hash(email_key(email))
+                if key in seen:
+                    counts.duplicates += 1
+                    report.add("planning", partition, number, email, REASON_DUPLICATE, "an earlier row has the same email")
+                    continue
+                text = dumps(contact)
+                if not builder.fits_alone(text, partition):
+                    _reject(report, counts, partition, number, email,
+                            Rejection(REASON_CONTACT_TOO_LARGE, "the contact does not fit in one queue message"))
+                    continue
+                seen.add(key)
+                builder.add(text, partition, number)
+            builder.flush()
+        except segments.SegmentSourceError as e:
+            report.close()
+            return fail_run(svc, run.id, f"{e} Nothing was sent.")
+        finally:
+            seen.clear()
+        report.close()
+        counts.queued = builder.contacts
+        counts.batches = builder.batches
+
+        limit = connection.max_profiles_per_export
+        if limit is not None and counts.queued > limit:
+            _record_planning(svc, run.id, counts, refresh)
+            return fail_run(
+                svc, run.id,
+                f"The segment has {counts.queued} valid profiles, more than the {limit} allowed per export by "
+                f"connection {connection.display_name!r} (the Omnisend contract limit). Nothing was sent.",
+            )
+        # Enqueue only now that the whole refresh was read cleanly.
+        spool.seek(0)
+        _enqueue(svc, spool)
+    run = _record_planning(svc, run.id, counts, refresh, start_upload=True)
+    log.info(
+        "planned: %d read, %d rejected, %d duplicates, %d contacts in %d batches",
+        counts.read, counts.rejected, counts.duplicates, counts.queued, counts.batches, extra=ctx,
+    )
+    return run
+
+
+def _enqueue(svc: Services, spool) -> None:
+    """Send the spooled messages with a few threads, holding only a small window of them in memory."""
+    in_flight: deque = deque()
+    with ThreadPoolExecutor(ENQUEUE_THREADS, thread_name_prefix="enqueue") as pool:
+        for line in spool:
+            in_flight.append(pool.submit(svc.storage.send_batch_message, line.rstrip("\n")))
+            if len(in_flight) >= 2 * ENQUEUE_THREADS:
+                in_flight.popleft().result()
+        while in_flight:
+            in_flight.popleft().result()
+
+
+def _record_planning(svc: Services, run_id: str, counts: RunCounts, refresh, start_upload: bool = False) -> Run:
+    def mutate(run: Run):
+        c = run.counts  # upload-side counters may already have moved: merge, never overwrite them
+        c.read, c.rejected, c.rejected_by_reason = counts.read, counts.rejected, dict(counts.rejected_by_reason)
+        c.duplicates, c.queued, c.batches = counts.duplicates, counts.queued, counts.batches
+        run.refresh_folder, run.refresh_fingerprint = refresh.folder, refresh.fingerprint
+        if start_upload and run.status is RunStatus.PLANNING:
+            run.status = RunStatus.UPLOADING
+            settle(run, svc.clock())
+
+    return svc.storage.update_run(run_id, mutate)

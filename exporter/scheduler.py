@@ -1,0 +1,67 @@
+"""The timer's decision: which exports have a new, complete refresh to export.
+
+A refresh is identified by its folder and the ETags of its blobs (``Refresh.fingerprint``). It is
+exported once: an export whose last successful run had the same fingerprint is left alone, however
+often the timer fires.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from . import segments
+from .domain import Export, Run
+from .runs import RunConflictError, active_run, last_succeeded_run, start_run
+from .services import Services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TickResult:
+    started: list[Run]
+    waiting: list[str]  # export ids whose refresh is still being written
+    up_to_date: list[str]
+    errors: dict[str, str]  # export id -> why it could not be checked
+
+
+def run_schedule(svc: Services) -> TickResult:
+    result = TickResult(started=[], waiting=[], up_to_date=[], errors={})
+    for export in svc.storage.list_exports():
+        if not export.enabled:
+            continue
+        try:
+            _consider(svc, export, result)
+        except segments.SegmentSourceError as e:
+            result.errors[export.id] = str(e)
+            log.warning("export not checked: %s", e, extra={"export_id": export.id})
+    log.info(
+        "timer: %d started, %d waiting for a refresh to settle, %d up to date, %d errors",
+        len(result.started), len(result.waiting), len(result.up_to_date), len(result.errors),
+    )
+    return result
+
+
+def _consider(svc: Services, export: Export, result: TickResult) -> None:
+    src = export.source
+    container = svc.storage.segment_blobs.get_container_client(src.container)
+    refresh = segments.find_latest_refresh(container, src.folder, src.segment)
+    if refresh is None:
+        result.up_to_date.append(export.id)
+        return
+    if not segments.is_settled(refresh, svc.clock(), svc.settings.refresh_settle_seconds):
+        result.waiting.append(export.id)
+        log.info("refresh %s still being written; left for a later tick", refresh.folder, extra={"export_id": export.id})
+        return
+    last = last_succeeded_run(svc, export.id)
+    if last is not None and last.refresh_fingerprint == refresh.fingerprint:
+        result.up_to_date.append(export.id)
+        return
+    if active_run(svc, export.id) is not None:
+        result.up_to_date.append(export.id)  # the running run will be compared on the next tick
+        return
+    try:
+        result.started.append(start_run(svc, export, "schedule", refresh))
+    except RunConflictError:
+        result.up_to_date.append(export.id)

@@ -1,0 +1,86 @@
+"""Calling the app's HTTP functions the way the Functions host does, for tests."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import azure.functions as func
+
+from exporter.access import DEV_ADMIN_PRINCIPAL, encode_principal
+
+ADMIN = {"x-ms-client-principal": DEV_ADMIN_PRINCIPAL}
+CONTRIBUTOR = {"x-ms-client-principal": encode_principal("marketer@dev", ["Contributor"])}
+
+SAMPLE_MAPPING = {
+    "email": "PrimaryEmail",
+    "firstName": "FirstName",
+    "lastName": "LastName",
+    "address": "StreetAddress",
+    "city": "City",
+    "state": "State",
+    "postalCode": "PostCode",
+    "country": "Country",
+}
+
+
+def _function(name: str):
+    import function_app
+
+    from exporter.local_runner import user_function
+
+    return user_function(function_app.app, name)
+
+
+def call(name: str, method: str, path: str, body=None, headers=None, route_params=None, params=None):
+    """Invoke HTTP function ``name`` with a real func.HttpRequest; returns (status, parsed body, response)."""
+    raw = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else b"")
+    req = func.HttpRequest(
+        method=method,
+        url=f"http://localhost:7071/api/{path}",
+        headers=headers if headers is not None else ADMIN,
+        params=params or {},
+        route_params=route_params or {},
+        body=raw,
+    )
+    res = _function(name)(req)
+    text = res.get_body()
+    parsed = None
+    if text and res.mimetype in ("application/json", "application/problem+json"):
+        parsed = json.loads(text)
+    return res.status_code, parsed, res
+
+
+def create_connection(api_key: str, name: str = "Omnisend (test)", **extra) -> dict:
+    status, body, _ = call("connections", "POST", "connections", {
+        "displayName": name, "apiKey": api_key, "allowContributors": False, "dataPrivacyConsent": True, **extra})
+    assert status == 201, body
+    return body
+
+
+def create_export(connection_id: str, container: str, folder: str, segment: str, mapping=None, **extra) -> dict:
+    status, body, _ = call("exports", "POST", "exports", {
+        "name": f"{segment} to Omnisend", "connectionId": connection_id,
+        "source": {"container": container, "folder": folder, "segment": segment},
+        "mapping": mapping or SAMPLE_MAPPING, "enabled": True, **extra})
+    assert status == 201, body
+    return body
+
+
+def start_run(export_id: str) -> dict:
+    status, body, _ = call("export_runs", "POST", f"exports/{export_id}/runs", route_params={"id": export_id})
+    assert status == 202, body
+    return body
+
+
+def wait_for_run(run_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body, _ = call("run", "GET", f"runs/{run_id}", route_params={"id": run_id})
+        assert status == 200, body
+        if body["status"] in ("succeeded", "partiallySucceeded", "failed", "cancelled") and \
+                body["counts"]["batchesDone"] >= body["counts"]["batches"]:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} did not end in {timeout}s: {body}")
+        time.sleep(0.3)
