@@ -1,0 +1,649 @@
+"""Offline checks of the deployment templates (infra/, azure.yaml, .funcignore).
+
+No Bicep CLI exists here, so these tests parse every .bicep file with tree-sitter-bicep and walk
+the syntax tree (tests/bicep_tree.py). They prove syntax and structure: which resources exist,
+with which security properties, which app settings, which role assignments. They do not prove
+that ARM accepts the templates (API versions, property schemas, quotas): only a real deployment
+or `az deployment group what-if` does. See docs/deploy.md.
+
+Requires: pip install -r requirements-infra-check.txt
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bicep_tree import BicepFile, BicepProject, Expr, Interp, Resource  # noqa: E402
+
+from exporter import config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+INFRA = ROOT / "infra"
+
+# ---------------------------------------------------------------------------------------------
+# The rules, stated once
+# ---------------------------------------------------------------------------------------------
+
+# Settings in config.SETTING_NAMES that the templates must NOT set, and why.
+EXCLUDED_SETTINGS = {
+    "AzureWebJobsStorage": "a connection string needs shared-key access, which is off; the "
+    "identity-based AzureWebJobsStorage__* settings replace it",
+    "EXPORTER_DEV_MODE": "development only; the app refuses to start with it in Azure",
+    "WEBSITE_AUTH_ENABLED": "set by the platform itself when App Service Authentication is on",
+}
+
+# Settings the templates set although the app's code does not read them: the platform reads them.
+PLATFORM_SETTINGS = {
+    "AzureWebJobsStorage__credential": "the Functions host: use a managed identity for its storage",
+    "AZURE_CLIENT_ID": "the Azure SDK's DefaultAzureCredential: which managed identity to use",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING": "the Functions host: where telemetry goes",
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "the Functions host: Entra ID auth for telemetry",
+}
+
+# Settings that must never appear, whatever config.py says.
+FORBIDDEN_SETTINGS = {
+    "FUNCTIONS_WORKER_RUNTIME": "not used on Flex Consumption (functionAppConfig.runtime is)",
+    "FUNCTIONS_EXTENSION_VERSION": "not used on Flex Consumption",
+    "WEBSITE_RUN_FROM_PACKAGE": "Flex Consumption deploys from functionAppConfig.deployment",
+}
+
+ROLE = {
+    "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+    "Storage Blob Data Reader": "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
+    "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
+    "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+    "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
+    "Key Vault Secrets Officer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
+}
+ROLE_NAME = {v: k for k, v in ROLE.items()}
+
+# Roles allowed per type of scope.
+ALLOWED_ROLES_BY_SCOPE_TYPE = {
+    "Microsoft.Storage/storageAccounts": {
+        ROLE["Storage Blob Data Owner"],
+        ROLE["Storage Blob Data Reader"],
+        ROLE["Storage Queue Data Contributor"],
+        ROLE["Storage Table Data Contributor"],
+    },
+    "Microsoft.KeyVault/vaults": {ROLE["Key Vault Secrets Officer"]},
+    "Microsoft.Insights/components": {ROLE["Monitoring Metrics Publisher"]},
+}
+
+# Every role the app identity gets: (file under infra/, symbol of the scope resource) -> roles.
+APP_IDENTITY_ROLES = {
+    ("app/rbac.bicep", "storageAccount"): {
+        "Storage Blob Data Owner",
+        "Storage Queue Data Contributor",
+        "Storage Table Data Contributor",
+    },
+    ("app/rbac.bicep", "vault"): {"Key Vault Secrets Officer"},
+    ("app/rbac.bicep", "applicationInsights"): {"Monitoring Metrics Publisher"},
+    ("app/export-storage-reader.bicep", "exportStorageAccount"): {"Storage Blob Data Reader"},
+}
+
+# The one role assignment for someone other than the app identity: optional, off by default.
+DEPLOYER_ASSIGNMENT = ("app/rbac.bicep", "deployerKeyVaultSecretsOfficer")
+
+FUNCIGNORE_MUST_EXCLUDE = [
+    "tests/", "devtools/", "benchmarks/", "docs/", "node_modules/", ".venv/", "infra/", ".local/",
+    ".ci/", ".git", "local.settings.json", "__pycache__/", ".pytest_cache/", "azure.yaml",
+    "requirements-dev.txt", "requirements-infra-check.txt", "package.json", "package-lock.json",
+]
+FUNCIGNORE_MUST_KEEP = ["function_app.py", "host.json", "requirements.txt", "exporter/"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures and helpers
+# ---------------------------------------------------------------------------------------------
+
+BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
+
+
+@pytest.fixture(scope="module")
+def project() -> BicepProject:
+    return BicepProject(INFRA)
+
+
+@pytest.fixture(scope="module")
+def main(project) -> BicepFile:
+    return project.file("main.bicep")
+
+
+@pytest.fixture(scope="module")
+def api(project) -> BicepFile:
+    return project.file("app/api.bicep")
+
+
+@pytest.fixture(scope="module")
+def app_settings(api) -> dict:
+    settings = [r for r in api.resources_of_type("Microsoft.Web/sites/config") if r.get("name") == "appsettings"]
+    assert len(settings) == 1, f"expected one sites/config 'appsettings' in app/api.bicep, found {len(settings)}"
+    props = settings[0].get("properties")
+    assert isinstance(props, dict), "appsettings properties must be an object literal so every name is visible"
+    return props
+
+
+def one(resources: list[Resource], what: str) -> Resource:
+    assert len(resources) == 1, f"expected exactly one {what}, found {[r.where for r in resources]}"
+    return resources[0]
+
+
+def text(value) -> str:
+    return str(value) if isinstance(value, (Expr, Interp)) else repr(value)
+
+
+def module_param(project: BicepProject, target: BicepFile, param: str):
+    """The value main.bicep passes to ``param`` of the module file ``target`` (exactly one caller)."""
+    callers = project.modules_of(target)
+    assert len(callers) == 1, f"{target.name} should be deployed by exactly one module, found {len(callers)}"
+    params = callers[0].params
+    if param in params:
+        return callers[0].file.resolve(params[param])
+    default = target.params[param]
+    assert default.has_default, f"{callers[0].where} does not pass {param}, which has no default"
+    return default.default
+
+
+def identity_output(project: BicepProject, value, output: str) -> None:
+    """Assert ``value`` is ``<module>.outputs.<output>`` of the module deploying the app identity."""
+    identity_file = project.file("core/identity.bicep")
+    (identity_module,) = project.modules_of(identity_file)
+    expected = f"{identity_module.symbol}.outputs.{output}"
+    assert text(value) == expected, f"expected {expected}, got {text(value)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Syntax
+# ---------------------------------------------------------------------------------------------
+
+
+def test_infra_has_bicep_files():
+    assert (INFRA / "main.bicep").exists(), "infra/main.bicep is missing"
+    assert len(BICEP_FILES) > 1
+
+
+@pytest.mark.parametrize("path", BICEP_FILES, ids=[str(p.relative_to(INFRA)) for p in BICEP_FILES])
+def test_bicep_file_parses_without_errors(path):
+    problems = BicepFile(path).syntax_problems()
+    assert not problems, "syntax errors:\n" + "\n".join(
+        f"  {path.relative_to(ROOT)}:{p.line}:{p.column}: {p.kind} near {p.text!r}" for p in problems
+    )
+
+
+def test_syntax_check_is_not_vacuous(tmp_path):
+    broken = tmp_path / "broken.bicep"
+    broken.write_text("param a string = 'x'\nresource r 'Microsoft.Web/sites@2024-04-01' = {\n  name: \n")
+    problems = BicepFile(broken).syntax_problems()
+    assert problems, "a broken file must report syntax problems"
+    assert all(p.line >= 2 for p in problems)
+
+
+def test_modules_are_local_files_and_get_every_required_param(project):
+    """Modules point at files under infra/ (registry modules cannot be checked offline) and the
+    caller passes every parameter without a default, and only declared parameters."""
+    for file in project:
+        for module in file.modules:
+            assert not module.path.startswith("br"), f"{module.where}: registry modules are not checked offline"
+            assert module.target in project.files, f"{module.where}: no such file"
+            target = project.files[module.target]
+            passed = set(module.params)
+            declared = set(target.params)
+            required = {name for name, p in target.params.items() if not p.has_default}
+            assert not passed - declared, f"{module.where}: passes undeclared params {sorted(passed - declared)}"
+            assert not required - passed, f"{module.where}: misses required params {sorted(required - passed)}"
+
+
+def test_every_module_file_is_used(project):
+    for file in project:
+        if file.name != "infra/main.bicep":
+            assert project.modules_of(file), f"{file.name} is not deployed by any module"
+
+
+def test_main_targets_a_resource_group(main):
+    assert main.target_scope == "resourceGroup", "main.bicep is deployed with `az deployment group create`"
+
+
+# ---------------------------------------------------------------------------------------------
+# Function app on Flex Consumption
+# ---------------------------------------------------------------------------------------------
+
+
+def test_plan_is_flex_consumption(project):
+    plan = one(project.resources_of_type("Microsoft.Web/serverfarms"), "App Service plan")
+    assert plan.get("sku.name") == "FC1"
+    assert plan.get("sku.tier") == "FlexConsumption"
+    assert plan.get("properties.reserved") is True, "Linux plans need reserved: true"
+
+
+def test_function_app_site(project, main):
+    site = one(project.resources_of_type("Microsoft.Web/sites"), "function app")
+    assert site.get("kind") == "functionapp,linux"
+    assert site.get("properties.httpsOnly") is True
+    assert site.get("properties.siteConfig.minTlsVersion") == "1.2"
+    assert site.get("properties.siteConfig.ftpsState") == "Disabled"
+    assert site.get("properties.functionAppConfig.runtime.name") == "python"
+    runtime_version = site.get("properties.functionAppConfig.runtime.version")
+    assert module_param(project, site.file, text(runtime_version)) == "3.11"
+    assert site.get("tags").text.find("'azd-service-name': 'api'") > 0, "azd finds the app by tag azd-service-name"
+
+
+def test_scale_settings_are_parameters(project, main):
+    site = one(project.resources_of_type("Microsoft.Web/sites"), "function app")
+    for name in ("maximumInstanceCount", "instanceMemoryMB"):
+        value = site.get(f"properties.functionAppConfig.scaleAndConcurrency.{name}")
+        passed = module_param(project, site.file, text(value))
+        assert text(passed) == name and name in main.params, f"{name} must come from main.bicep param {name}"
+        assert isinstance(main.params[name].default, int)
+
+
+def test_deployment_package_uses_the_user_assigned_identity(project):
+    site = one(project.resources_of_type("Microsoft.Web/sites"), "function app")
+    storage = site.get("properties.functionAppConfig.deployment.storage")
+    assert storage["type"] == "blobContainer"
+    assert storage["authentication"]["type"] == "UserAssignedIdentity"
+    assert text(storage["authentication"]["userAssignedIdentityResourceId"]) == "identityId"
+    assert text(storage["value"]).endswith("primaryEndpoints.blob}${deploymentStorageContainerName}")
+    assert site.get("identity.type") == "UserAssigned"
+    assert list(site.get("identity.userAssignedIdentities")) == ["${identityId}"]
+    identity_output(project, module_param(project, site.file, "identityId"), "id")
+    identity_output(project, module_param(project, site.file, "identityClientId"), "clientId")
+
+
+def test_app_identity_module_creates_a_user_assigned_identity(project):
+    identity = project.file("core/identity.bicep")
+    uami = one(identity.resources_of_type("Microsoft.ManagedIdentity/userAssignedIdentities"), "identity")
+    assert text(identity.outputs["id"]) == f"{uami.symbol}.id"
+    assert text(identity.outputs["principalId"]) == f"{uami.symbol}.properties.principalId"
+    assert text(identity.outputs["clientId"]) == f"{uami.symbol}.properties.clientId"
+
+
+# ---------------------------------------------------------------------------------------------
+# App settings
+# ---------------------------------------------------------------------------------------------
+
+
+def test_excluded_settings_are_settings_the_code_knows():
+    unknown = set(EXCLUDED_SETTINGS) - set(config.SETTING_NAMES)
+    assert not unknown, f"EXCLUDED_SETTINGS names settings config.py no longer reads: {sorted(unknown)}"
+
+
+def test_every_setting_the_code_reads_is_set(app_settings):
+    expected = set(config.SETTING_NAMES) - set(EXCLUDED_SETTINGS)
+    missing = sorted(expected - set(app_settings))
+    assert not missing, (
+        f"app/api.bicep does not set {missing}, read by exporter/config.py; set them or add them to "
+        "EXCLUDED_SETTINGS with the reason"
+    )
+
+
+def test_no_unknown_setting_is_set(app_settings):
+    known = set(config.SETTING_NAMES) | set(PLATFORM_SETTINGS)
+    unknown = sorted(set(app_settings) - known)
+    assert not unknown, (
+        f"app/api.bicep sets {unknown}, which neither the code (config.SETTING_NAMES) nor the platform "
+        "(PLATFORM_SETTINGS) reads"
+    )
+
+
+def test_excluded_and_forbidden_settings_are_not_set(app_settings):
+    for name, reason in {**EXCLUDED_SETTINGS, **FORBIDDEN_SETTINGS}.items():
+        assert name not in app_settings, f"{name} must not be set: {reason}"
+
+
+def test_host_storage_settings_are_identity_based(app_settings):
+    assert app_settings["AzureWebJobsStorage__credential"] == "managedidentity"
+    assert text(app_settings["AzureWebJobsStorage__clientId"]) == "identityClientId"
+    assert text(app_settings["AZURE_CLIENT_ID"]) == "identityClientId"
+    for service in ("blob", "queue", "table"):
+        value = app_settings[f"AzureWebJobsStorage__{service}ServiceUri"]
+        assert text(value) == f"storageAccount.properties.primaryEndpoints.{service}", text(value)
+
+
+def test_storage_settings_point_at_the_apps_storage_account(api, project):
+    storage_ref = api.resource("storageAccount")
+    assert storage_ref.existing and storage_ref.type == "Microsoft.Storage/storageAccounts"
+    assert text(storage_ref.get("name")) == "storageAccountName"
+    storage_file = project.file("core/storage.bicep")
+    (storage_module,) = project.modules_of(storage_file)
+    assert text(module_param(project, api, "storageAccountName")) == f"{storage_module.symbol}.outputs.name"
+
+
+def test_application_insights_settings_use_entra_id(app_settings):
+    auth = app_settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
+    assert text(auth) == "ClientId=${identityClientId};Authorization=AAD"
+    assert text(app_settings["APPLICATIONINSIGHTS_CONNECTION_STRING"]) == (
+        "applicationInsights.properties.ConnectionString"
+    )
+
+
+def test_app_setting_values_come_from_main_parameters_with_the_codes_defaults(project, main, api, app_settings):
+    defaults = config.load_settings({"AzureWebJobsStorage__blobServiceUri": "https://example.invalid/"})
+    expected = {
+        "EXPORT_SCHEDULE": ("exportSchedule", config.DEFAULT_SCHEDULE),
+        "OMNISEND_API_URL": ("omnisendApiUrl", config.OMNISEND_DEFAULT_URL),
+        "REFRESH_SETTLE_SECONDS": ("refreshSettleSeconds", defaults.refresh_settle_seconds),
+        "SECRET_CACHE_SECONDS": ("secretCacheSeconds", defaults.secret_cache_seconds),
+        "OMNISEND_TIMEOUT_SECONDS": ("omnisendTimeoutSeconds", defaults.omnisend_timeout_seconds),
+        "BATCH_CHECK_DELAY_SECONDS": ("batchCheckDelaySeconds", defaults.batch_check_delay_seconds),
+    }
+    for setting, (param, default) in expected.items():
+        assert setting in app_settings, f"app/api.bicep does not set {setting}"
+        value = app_settings[setting]
+        if isinstance(value, Expr) and value.function == "string":
+            value = value.arguments[0]
+        assert text(value) == param, f"{setting} should be set from api.bicep param {param}, got {text(value)}"
+        passed = module_param(project, api, param)
+        assert text(passed) == param, f"main.bicep should pass its param {param} to {param}"
+        assert main.params[param].default == default, (
+            f"main.bicep param {param} defaults to {main.params[param].default!r}; the code's default is {default!r}"
+        )
+
+
+def test_key_vault_and_segment_settings(project, api, app_settings):
+    assert text(app_settings["KEY_VAULT_URL"]) == "keyVaultUri"
+    (kv_module,) = project.modules_of(project.file("core/keyvault.bicep"))
+    assert text(module_param(project, api, "keyVaultUri")) == f"{kv_module.symbol}.outputs.uri"
+    assert text(project.file("core/keyvault.bicep").outputs["uri"]) == "vault.properties.vaultUri"
+    assert text(app_settings["SEGMENTS_BLOB_SERVICE_URI"]) == "segmentsBlobServiceUri"
+    reader = project.file("app/export-storage-reader.bicep")
+    (reader_module,) = project.modules_of(reader)
+    assert text(module_param(project, api, "segmentsBlobServiceUri")) == f"{reader_module.symbol}.outputs.blobEndpoint"
+    assert text(reader.outputs["blobEndpoint"]) == "exportStorageAccount.properties.primaryEndpoints.blob"
+
+
+# ---------------------------------------------------------------------------------------------
+# App Service Authentication
+# ---------------------------------------------------------------------------------------------
+
+
+def test_app_service_authentication_requires_entra_id(project, api, main):
+    auth = one(
+        [r for r in api.resources_of_type("Microsoft.Web/sites/config") if r.get("name") == "authsettingsV2"],
+        "sites/config 'authsettingsV2'",
+    )
+    assert auth.get("properties.platform.enabled") is True
+    assert auth.get("properties.globalValidation.requireAuthentication") is True
+    assert auth.get("properties.globalValidation.unauthenticatedClientAction") == "Return401"
+    aad = auth.get("properties.identityProviders.azureActiveDirectory")
+    assert aad["enabled"] is True
+    assert text(aad["registration"]["clientId"]) == "authClientId"
+    assert text(aad["registration"]["openIdIssuer"]) == "authOpenIdIssuer"
+    assert text(module_param(project, api, "authClientId")) == "authClientId"
+    assert not main.params["authClientId"].has_default, "the Entra app registration's client id must be given"
+    assert "authTenantId" in main.params
+    issuer = module_param(project, api, "authOpenIdIssuer")
+    assert isinstance(issuer, Interp), f"the issuer should be built from the tenant, got {text(issuer)}"
+    assert "authTenantId" in text(issuer) and text(issuer).endswith("/v2.0"), text(issuer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage
+# ---------------------------------------------------------------------------------------------
+
+
+def test_storage_account_allows_entra_id_only(project):
+    account = one(project.resources_of_type("Microsoft.Storage/storageAccounts"), "storage account")
+    assert account.get("properties.allowSharedKeyAccess") is False
+    assert account.get("properties.allowBlobPublicAccess") is False
+    assert account.get("properties.minimumTlsVersion") == "TLS1_2"
+
+
+def _created_names(project, child_type: str, param: str) -> list:
+    storage = project.file("core/storage.bicep")
+    created = one(storage.resources_of_type(child_type), child_type)
+    assert created.loop_item and text(created.loop_source) == param, f"{created.where} should loop over {param}"
+    assert text(created.get("name")) == created.loop_item
+    names = module_param(project, storage, param)
+    if isinstance(names, Expr) and names.function == "concat":  # concat(always, optional)
+        names = [n for arg in names.arguments for n in (main_resolve(project, arg) or [])]
+    assert isinstance(names, list), f"{param} should be a list, got {text(names)}"
+    return names
+
+
+def main_resolve(project, value):
+    value = project.file("main.bicep").resolve(value)
+    return value if isinstance(value, list) else None
+
+
+def test_queue_names_match_config(project):
+    names = _created_names(project, "Microsoft.Storage/storageAccounts/queueServices/queues", "queueNames")
+    expected = [
+        config.QUEUE_RUNS,
+        config.QUEUE_RUNS + config.POISON_SUFFIX,
+        config.QUEUE_BATCHES,
+        config.QUEUE_BATCHES + config.POISON_SUFFIX,
+    ]
+    assert sorted(names) == sorted(expected)
+
+
+def test_table_names_match_config(project):
+    names = _created_names(project, "Microsoft.Storage/storageAccounts/tableServices/tables", "tableNames")
+    expected = [config.TABLE_CONNECTIONS, config.TABLE_EXPORTS, config.TABLE_RUNS, config.TABLE_BATCHES]
+    assert sorted(names) == sorted(expected)
+
+
+def test_containers_include_run_artifacts_and_deployment_package(project, main, api):
+    names = _created_names(project, "Microsoft.Storage/storageAccounts/blobServices/containers", "containerNames")
+    assert config.CONTAINER_RUN_ARTIFACTS in names
+    deployment_container = module_param(project, api, "deploymentStorageContainerName")
+    assert deployment_container in names, "the deployment package container must be created"
+    assert main.resolve(deployment_container) is not None
+
+
+def test_export_storage_is_parameterised_and_read_only(project, main):
+    for name in ("exportStorageAccountName", "exportStorageResourceGroupName", "exportContainerName"):
+        assert main.params[name].default == "", f"{name} should default to '' (the app's own account)"
+    reader = project.file("app/export-storage-reader.bicep")
+    (module,) = project.modules_of(reader)
+    scope = module.body.get("scope")
+    assert isinstance(scope, Expr) and scope.function == "resourceGroup", "scope the module to the account's group"
+    assert "exportStorageResourceGroupName" in text(scope)
+    assert text(main.variables["exportsInOwnAccount"]) == "empty(exportStorageAccountName)"
+    account = module.params["storageAccountName"]
+    assert text(account) == "exportsInOwnAccount ? storage.outputs.name : exportStorageAccountName", (
+        f"the reader role goes on the export account, else on the app's own; got {text(account)}"
+    )
+    target = reader.resource("exportStorageAccount")
+    assert target.existing, "the export account is someone else's: reference it, never create it"
+
+
+# ---------------------------------------------------------------------------------------------
+# Key Vault and monitoring
+# ---------------------------------------------------------------------------------------------
+
+
+def test_key_vault_properties(project):
+    vault = one(project.resources_of_type("Microsoft.KeyVault/vaults"), "key vault")
+    assert vault.get("properties.enableRbacAuthorization") is True, "access by Azure RBAC, not access policies"
+    assert vault.get("properties.enableSoftDelete") is True
+    assert vault.get("properties.enablePurgeProtection") is True
+    assert vault.get("properties.accessPolicies", None) is None
+
+
+def test_monitoring_is_workspace_based_with_local_auth_off(project):
+    workspace = one(project.resources_of_type("Microsoft.OperationalInsights/workspaces"), "Log Analytics workspace")
+    insights = one(project.resources_of_type("Microsoft.Insights/components"), "Application Insights")
+    assert insights.get("properties.DisableLocalAuth") is True
+    assert text(insights.get("properties.WorkspaceResourceId")) == f"{workspace.symbol}.id"
+
+
+# ---------------------------------------------------------------------------------------------
+# Role assignments
+# ---------------------------------------------------------------------------------------------
+
+
+def _assignments(project) -> list[Resource]:
+    found = project.resources_of_type("Microsoft.Authorization/roleAssignments")
+    assert found, "no role assignments found"
+    return found
+
+
+def _key(assignment: Resource) -> tuple[str, str]:
+    return (assignment.file.name.removeprefix("infra/"), assignment.symbol)
+
+
+def _role_id(assignment: Resource) -> str:
+    value = assignment.get("properties.roleDefinitionId")
+    assert isinstance(value, Expr) and value.function == "subscriptionResourceId", (
+        f"{assignment.where}: roleDefinitionId should be subscriptionResourceId('Microsoft.Authorization/"
+        f"roleDefinitions', <id>), got {text(value)}"
+    )
+    kind, role = value.arguments
+    assert kind == "Microsoft.Authorization/roleDefinitions"
+    role = assignment.file.resolve(role)
+    assert isinstance(role, str), f"{assignment.where}: role id should be a literal or a variable holding one"
+    return role
+
+
+def _scope(assignment: Resource) -> Resource:
+    scope = assignment.get("scope")
+    assert isinstance(scope, Expr) and scope.is_identifier, f"{assignment.where}: scope should be a resource symbol"
+    return assignment.file.resource(scope.text)
+
+
+def test_role_assignments_target_the_app_identity(project):
+    for assignment in _assignments(project):
+        principal = assignment.get("properties.principalId")
+        if _key(assignment) == DEPLOYER_ASSIGNMENT:
+            assert text(principal) == "deployerPrincipalId"
+            assert text(assignment.condition) == "!empty(deployerPrincipalId)", "the deployer role must be optional"
+            continue
+        assert text(principal) == "principalId", f"{assignment.where}: principalId should be the param principalId"
+        assert assignment.get("properties.principalType") == "ServicePrincipal", assignment.where
+        assert assignment.condition is None, f"{assignment.where}: app identity roles are unconditional"
+        identity_output(project, module_param(project, assignment.file, "principalId"), "principalId")
+
+
+def test_deployer_role_is_off_by_default(project, main):
+    rbac = project.file("app/rbac.bicep")
+    passed = module_param(project, rbac, "deployerPrincipalId")
+    assert text(passed) == "grantPrincipalKeyVaultAccess ? principalId : ''"
+    assert main.params["grantPrincipalKeyVaultAccess"].default is False
+
+
+def test_role_assignment_names_are_guid_of_scope_principal_role(project):
+    for assignment in _assignments(project):
+        name = assignment.get("name")
+        assert isinstance(name, Expr) and name.function == "guid" and len(name.arguments) == 3, (
+            f"{assignment.where}: name should be guid(<scope>.id, <principal>, <role>), got {text(name)}"
+        )
+        scope_arg, principal_arg, role_arg = name.arguments
+        assert text(scope_arg) == f"{_scope(assignment).symbol}.id", f"{assignment.where}: {text(name)}"
+        assert text(principal_arg) == text(assignment.get("properties.principalId")), f"{assignment.where}"
+        role_expr = assignment.get("properties.roleDefinitionId").arguments[1]
+        assert text(role_arg) == text(role_expr), f"{assignment.where}: guid role differs from roleDefinitionId"
+
+
+def test_role_ids_are_expected_for_their_scope(project):
+    for assignment in _assignments(project):
+        scope = _scope(assignment)
+        allowed = ALLOWED_ROLES_BY_SCOPE_TYPE.get(scope.type)
+        assert allowed is not None, f"{assignment.where}: unexpected scope type {scope.type}"
+        role = _role_id(assignment)
+        assert role in allowed, (
+            f"{assignment.where}: role {ROLE_NAME.get(role, role)} is not allowed on {scope.type}"
+        )
+
+
+def test_app_identity_has_exactly_the_expected_roles(project):
+    granted: dict[tuple[str, str], set[str]] = {}
+    for assignment in _assignments(project):
+        if _key(assignment) == DEPLOYER_ASSIGNMENT:
+            continue
+        key = (_key(assignment)[0], _scope(assignment).symbol)
+        granted.setdefault(key, set()).add(ROLE_NAME.get(_role_id(assignment), _role_id(assignment)))
+    assert granted == APP_IDENTITY_ROLES
+
+
+def test_role_scopes_are_the_deployed_resources(project):
+    """The `existing` resources role assignments are scoped to are the ones main.bicep created."""
+    rbac = project.file("app/rbac.bicep")
+    wiring = {
+        "storageAccountName": ("core/storage.bicep", "name"),
+        "keyVaultName": ("core/keyvault.bicep", "name"),
+        "applicationInsightsName": ("core/monitoring.bicep", "applicationInsightsName"),
+    }
+    for param, (module_file, output) in wiring.items():
+        (module,) = project.modules_of(project.file(module_file))
+        assert text(module_param(project, rbac, param)) == f"{module.symbol}.outputs.{output}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-folder rules, outputs, azd files
+# ---------------------------------------------------------------------------------------------
+
+
+def test_no_shared_keys_anywhere():
+    offenders = []
+    for path in sorted(p for p in INFRA.rglob("*") if p.is_file()):
+        content = path.read_text(encoding="utf-8", errors="replace")
+        for pattern in ("listKeys(", "AccountKey=", "listkeys("):
+            if pattern.lower() in content.lower():
+                line = content.lower()[: content.lower().index(pattern.lower())].count("\n") + 1
+                offenders.append(f"{path.relative_to(ROOT)}:{line}: {pattern}")
+    assert not offenders, "shared keys are off; no key may be read or passed:\n" + "\n".join(offenders)
+
+
+def test_main_outputs(main):
+    expected = {
+        "AZURE_FUNCTION_APP_NAME": "api.outputs.name",
+        "AZURE_FUNCTION_APP_URL": "api.outputs.url",
+        "AZURE_KEY_VAULT_URI": "keyVault.outputs.uri",
+        "AZURE_STORAGE_ACCOUNT_NAME": "storage.outputs.name",
+    }
+    for name, value in expected.items():
+        assert name in main.outputs, f"main.bicep should output {name}"
+        assert text(main.outputs[name]) == value
+
+
+def test_main_parameters_have_descriptions(main):
+    missing = [name for name, p in main.params.items() if not p.description]
+    assert not missing, f"main.bicep params without @description: {missing}"
+
+
+def test_main_parameters_json_matches_main_bicep(main):
+    data = json.loads((INFRA / "main.parameters.json").read_text())
+    params = data["parameters"]
+    unknown = sorted(set(params) - set(main.params))
+    assert not unknown, f"main.parameters.json sets params main.bicep does not declare: {unknown}"
+    required = sorted(name for name, p in main.params.items() if not p.has_default)
+    assert not set(required) - set(params), f"main.parameters.json misses required params {required}"
+    assert params["environmentName"]["value"] == "${AZURE_ENV_NAME}"
+    assert params["location"]["value"] == "${AZURE_LOCATION}"
+    assert params["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
+
+
+def test_azure_yaml_declares_the_function_app_service():
+    content = (ROOT / "azure.yaml").read_text()
+    lines = [line.split("#", 1)[0].rstrip() for line in content.splitlines()]
+    block = "\n".join(lines)
+    match = re.search(r"^services:\n  api:\n((?:    .*\n?)+)", block, re.M)
+    assert match, "azure.yaml should declare services: api:"
+    service = dict(re.findall(r"^    (\w+):\s*(\S+)\s*$", match.group(1), re.M))
+    assert service.get("project", "").strip("'\"") == "."
+    assert service.get("language") == "python"
+    assert service.get("host") == "function"
+
+
+def test_funcignore_keeps_dev_files_out_of_the_package():
+    entries = {
+        line.strip() for line in (ROOT / ".funcignore").read_text().splitlines() if line.strip()
+        and not line.startswith("#")
+    }
+    missing = [e for e in FUNCIGNORE_MUST_EXCLUDE if e not in entries]
+    assert not missing, f".funcignore should exclude {missing}"
+    for keep in FUNCIGNORE_MUST_KEEP:
+        assert keep not in entries and keep.rstrip("/") not in entries, f".funcignore must not exclude {keep}"
+
+
+def test_deploy_doc_explains_every_main_parameter(main):
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    missing = [name for name in main.params if f"`{name}`" not in doc]
+    assert not missing, f"docs/deploy.md does not explain main.bicep params {missing}"
