@@ -189,6 +189,7 @@ class Faults:
         self.drop_rate = 0.0  # share of requests whose connection is closed without an answer
         self.drop_after_processing = False  # drops happen after the request changed state
         self.stop_batches_after: int | None = None  # batches end "stopped" after this many items
+        self.retry_after_seconds = 1  # retryAfter of injected 429s
         self._forced: deque[tuple[int, str | None]] = deque()
 
     def force_status(self, status: int, count: int = 1, route: str | None = None) -> None:
@@ -425,8 +426,13 @@ class OmnisendSandbox:
                 st["faultsInjected"] += 1
             if action.drop_before:
                 return Reply(0, drop=True, delay=action.delay)
-            reply = problem(action.status, HTTPStatus(action.status).phrase,
-                            "Injected by the sandbox fault hook.")
+            if action.status == 429:  # as faithful as a real one: typed, with retryAfter and the header
+                reply = problem(429, "Too Many Requests", "Injected by the sandbox fault hook.",
+                                RATE_LIMIT_PROBLEM, retryAfter=self.faults.retry_after_seconds)
+                reply.headers["Retry-After"] = str(self.faults.retry_after_seconds)
+            else:
+                reply = problem(action.status, HTTPStatus(action.status).phrase,
+                                "Injected by the sandbox fault hook.")
             reply.delay = action.delay
             with self.lock:
                 self._count_status(st, reply.status)

@@ -1,0 +1,31 @@
+"""The Functions app's bindings, as the host will index them."""
+
+import json
+
+import function_app
+from exporter import config
+from exporter.local_runner import functions_of
+
+
+def bindings():
+    return {f.get_function_name(): json.loads(f.get_function_json())["bindings"] for f in functions_of(function_app.app)}
+
+
+def test_timer_reads_its_schedule_from_the_app_setting():
+    (timer,) = [b[0] for b in bindings().values() if b[0]["type"] == "timerTrigger"]
+    assert timer["schedule"] == "%EXPORT_SCHEDULE%" and timer["runOnStartup"] is False
+
+
+def test_queue_triggers_listen_on_the_configured_queues_through_azurewebjobsstorage():
+    queues = {b[0]["queueName"]: b[0]["connection"] for b in bindings().values() if b[0]["type"] == "queueTrigger"}
+    assert queues == {config.QUEUE_RUNS: "AzureWebJobsStorage", config.QUEUE_BATCHES: "AzureWebJobsStorage"}
+
+
+def test_http_routes_cover_the_api():
+    routes = {(b[0]["route"], m) for b in bindings().values() if b[0]["type"] == "httpTrigger" for m in b[0]["methods"]}
+    for want in [("connections", "POST"), ("connections", "GET"), ("connections/{id}", "GET"), ("connections/{id}", "DELETE"),
+                 ("exports", "POST"), ("exports", "GET"), ("exports/{id}", "GET"), ("exports/{id}", "PUT"),
+                 ("exports/{id}", "DELETE"), ("exports/{id}/runs", "POST"), ("exports/{id}/runs", "GET"),
+                 ("runs/{id}", "GET"), ("runs/{id}/rejects", "GET"), ("runs/{id}/cancel", "POST")]:
+        assert want in routes
+    assert all(b[0]["authLevel"] == "ANONYMOUS" for b in bindings().values() if b[0]["type"] == "httpTrigger")
