@@ -2,6 +2,9 @@
 
 Usage: ``python -m devtools.azurite start|stop|status``. ``start`` is idempotent: when something
 already answers on the blob, queue and table ports it is reused and left running.
+
+``AZURITE_PORT_BASE`` (default 10000) moves the three ports (base, base+1, base+2), so that two
+work trees can run their tests side by side, each against its own Azurite.
 """
 
 from __future__ import annotations
@@ -15,11 +18,24 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = ROOT / ".local" / "azurite"
-PID_FILE = ROOT / ".local" / "azurite.pid"
-LOG_FILE = ROOT / ".local" / "azurite.log"
-PORTS = (10000, 10001, 10002)
+PORT_BASE = int(os.environ.get("AZURITE_PORT_BASE", "10000"))
+PORTS = (PORT_BASE, PORT_BASE + 1, PORT_BASE + 2)
+DATA_DIR = ROOT / ".local" / f"azurite-{PORT_BASE}"
+PID_FILE = ROOT / ".local" / f"azurite-{PORT_BASE}.pid"
+LOG_FILE = ROOT / ".local" / f"azurite-{PORT_BASE}.log"
 HOST = "127.0.0.1"
+_ACCOUNT = "devstoreaccount1"  # Azurite's well-known development account
+
+
+def connection_string() -> str:
+    """The storage connection for this Azurite: the usual shortcut on the default ports."""
+    if PORT_BASE == 10000:
+        return "UseDevelopmentStorage=true"
+    from azure.storage.blob._shared.parser import DEVSTORE_ACCOUNT_KEY  # public, documented by Microsoft
+
+    return (f"DefaultEndpointsProtocol=http;AccountName={_ACCOUNT};AccountKey={DEVSTORE_ACCOUNT_KEY};"
+            f"BlobEndpoint=http://{HOST}:{PORTS[0]}/{_ACCOUNT};QueueEndpoint=http://{HOST}:{PORTS[1]}/{_ACCOUNT};"
+            f"TableEndpoint=http://{HOST}:{PORTS[2]}/{_ACCOUNT};")
 
 
 def _port_open(port: int) -> bool:
@@ -50,6 +66,7 @@ def start(timeout: float = 30.0) -> bool:
     proc = subprocess.Popen(
         [str(_binary()), "--silent", "--location", str(DATA_DIR),
          "--blobHost", HOST, "--queueHost", HOST, "--tableHost", HOST,
+         "--blobPort", str(PORTS[0]), "--queuePort", str(PORTS[1]), "--tablePort", str(PORTS[2]),
          "--skipApiVersionCheck", "--disableTelemetry", "--loose"],
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
     )

@@ -56,7 +56,7 @@ def _run(args, sandbox: SandboxServer) -> int:
     from exporter.local_runner import LocalHost
     from exporter.services import build_services, set_services
 
-    env = {**os.environ, "AzureWebJobsStorage": "UseDevelopmentStorage=true", "EXPORTER_DEV_MODE": "1",
+    env = {**os.environ, "AzureWebJobsStorage": azurite.connection_string(), "EXPORTER_DEV_MODE": "1",
            "OMNISEND_API_URL": sandbox.url, "REFRESH_SETTLE_SECONDS": "0", "BATCH_CHECK_DELAY_SECONDS": "1"}
     os.environ.update({k: env[k] for k in ("EXPORTER_DEV_MODE",)})
 

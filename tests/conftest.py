@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 from devtools import azurite  # noqa: E402
 
-DEV_STORAGE = "UseDevelopmentStorage=true"
+DEV_STORAGE = azurite.connection_string()
 
 
 @pytest.fixture(scope="session")
