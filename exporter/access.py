@@ -100,5 +100,6 @@ def require_use(caller: Caller, connection: Connection, action: str) -> None:
         raise AccessError(
             403,
             "Forbidden",
-            f"Connection {connection.display_name!r} is for admins only; a Contributor may not {action} with it.",
+            f"Connection {connection.display_name!r} is for admins only; a Contributor may not {action}. An Admin "
+            "can allow contributors on a connection when creating it (allowContributors).",
         )

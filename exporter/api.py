@@ -7,6 +7,7 @@ and call ``handle(endpoint, request)``; nothing here depends on the hosting.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -14,9 +15,9 @@ from . import segments
 from .access import AccessError, Caller, require_admin, require_member, require_use, resolve_caller
 from .domain import Connection, Export, Mapping, Run, RunStatus, Source, MAPPABLE_FIELDS, new_id
 from .omnisend import OmnisendAuthError, OmnisendError, OmnisendUnavailable
-from .runs import RunConflictError, start_run
+from .runs import ACTIVE, RunConflictError, start_run
 from .services import Services
-from .validation import BadRequest, Field, length, parse_json, positive, validate
+from .validation import BadRequest, Field, all_of, between, length, matches, parse_json, validate
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,27 @@ def handle(endpoint: Endpoint, req: ApiRequest, svc: Services) -> ApiResponse:
 
 # --- connections --------------------------------------------------------------------------------
 
+MAX_PROFILES_LIMIT = 1_000_000_000
 CONNECTION_SPEC = (
     Field("displayName", str, required=True, check=length(1, 100)),
-    Field("apiKey", str, required=True, check=length(1, 500)),
+    # An HTTP header carries the key: visible ASCII only. The message never repeats the value.
+    Field("apiKey", str, required=True, check=all_of(
+        length(1, 500), matches(r"[\x21-\x7e]+", "must be the API key as Omnisend shows it: letters, digits and "
+                                                   "punctuation, without spaces or other characters"))),
     Field("allowContributors", bool),
     Field("dataPrivacyConsent", bool, required=True,
           check=lambda v: None if v is True else "must be true: profile data, including personal data, leaves the "
                                                  "platform's compliance boundary for Omnisend"),
-    Field("maxProfilesPerExport", int, check=positive),
+    Field("maxProfilesPerExport", int, check=between(1, MAX_PROFILES_LIMIT)),
 )
+
+# Ids the app hands out: hex (connections, exports) or digits and hex (runs). Anything else names nothing,
+# and never reaches Table Storage (whose keys forbid some characters and lengths).
+_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
+
+
+def _known_id(value: str) -> bool:
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
 def _connection_summary(c: Connection) -> dict:
@@ -103,7 +116,7 @@ def _connection_summary(c: Connection) -> dict:
 
 
 def _get_connection(svc: Services, connection_id: str) -> Connection:
-    conn = svc.storage.get_connection(connection_id)
+    conn = svc.storage.get_connection(connection_id) if _known_id(connection_id) else None
     if conn is None:
         raise NotFound(f"No connection with id {connection_id!r}.")
     return conn
@@ -130,12 +143,16 @@ def create_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiResp
             client.check_key()
     except OmnisendAuthError:
         return problem(422, "API key rejected", "Omnisend rejected this API key; the connection was not saved. "
-                       "Copy a valid key from Omnisend (Store settings > API keys).")
+                       "Copy a valid key from Omnisend (Store settings > API keys).",
+                       errors=[{"field": "apiKey", "code": "rejected", "message": "Omnisend rejected this API key"}])
     except OmnisendUnavailable as e:
-        return problem(502, "Omnisend unreachable", f"Omnisend could not be reached to check the key ({e}); "
-                       "nothing was saved. Try again later.")
+        if e.status is None:
+            return problem(502, "Omnisend unreachable", f"Omnisend could not be reached to check the key ({e}); "
+                           "nothing was saved. Try again later.")
+        return problem(502, "Omnisend unavailable", f"Omnisend failed while checking the key ({e}); nothing was "
+                       "saved. Try again later.")
     except OmnisendError as e:
-        return problem(502, "Omnisend error", f"Omnisend answered the key check with an error ({e.status}); nothing was saved.")
+        return problem(502, "Omnisend error", f"Omnisend answered the key check with an error: {e} Nothing was saved.")
     now = svc.clock()
     conn = Connection(
         id=new_id(),
@@ -158,7 +175,7 @@ def get_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiRespons
     conn = _get_connection(svc, req.route_params["id"])
     if caller.is_admin:
         return ApiResponse(200, conn.to_api())
-    require_use(caller, conn, "see")
+    require_use(caller, conn, "see this connection")
     return ApiResponse(200, _connection_summary(conn))
 
 
@@ -170,28 +187,59 @@ def delete_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiResp
     svc.secrets.delete(conn.secret_name)  # first: if Key Vault refuses, nothing else has changed
     svc.storage.delete_connection(conn.id)
     now = svc.clock()
+    removed = f"Connection {conn.display_name!r} was removed by {caller.name} at {now:%Y-%m-%d %H:%M} UTC"
     for export in svc.storage.list_exports():
         if export.connection_id == conn.id:
             export.enabled = False
-            export.disabled_reason = (
-                f"Connection {conn.display_name!r} was removed by {caller.name} at {now:%Y-%m-%d %H:%M} UTC."
-            )
+            export.disabled_reason = removed + "."
             export.updated_at = now
             svc.storage.put_export(export)
+        # Runs in progress stop sending by themselves (the uploader finds no connection); say why on them.
+        for run in svc.storage.list_runs(export.id, limit=20):
+            if run.connection_id == conn.id and run.status in ACTIVE:
+                _note_on_active_run(svc, run.id, removed + "; batches not sent yet were not sent.")
     log.info("connection removed", extra={"connection_id": conn.id})
     return ApiResponse(204)
+
+
+def _note_on_active_run(svc: Services, run_id: str, error: str) -> None:
+    def mutate(r: Run):
+        if r.status.is_final:
+            return False
+        r.error = error
+
+    try:
+        svc.storage.update_run(run_id, mutate)
+    except KeyError:  # the run was deleted meanwhile
+        pass
 
 
 # --- exports ------------------------------------------------------------------------------------
 
 _column = length(1, 256)
+_CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
+
+
+def _container_name(value: str) -> str | None:
+    if _CONTAINER.fullmatch(value):
+        return None
+    return ("must be a blob container name: 3 to 63 lowercase letters, digits and single hyphens, starting and "
+            "ending with a letter or digit")
+
+
+def _segment_name(value: str) -> str | None:
+    if "/" in value:
+        return "must be the segment's name (its folder under the root folder), without '/'"
+    return length(1, 256)(value)
+
+
 EXPORT_SPEC = (
     Field("name", str, required=True, check=length(1, 100)),
     Field("connectionId", str, required=True, check=length(1, 64)),
     Field("source", dict, required=True, children=(
-        Field("container", str, required=True, check=length(3, 63)),
+        Field("container", str, required=True, check=_container_name),
         Field("folder", str, check=length(0, 512)),
-        Field("segment", str, required=True, check=length(1, 256)),
+        Field("segment", str, required=True, check=_segment_name),
     )),
     Field("mapping", dict, required=True, children=tuple(
         Field(api, str, required=(api == "email"), check=_column) for api, _ in MAPPABLE_FIELDS
@@ -201,7 +249,7 @@ EXPORT_SPEC = (
 
 
 def _usable_connection(svc: Services, caller: Caller, connection_id: str, action: str) -> Connection:
-    conn = svc.storage.get_connection(connection_id)
+    conn = svc.storage.get_connection(connection_id) if _known_id(connection_id) else None
     if conn is None:
         raise BadRequest("The request has invalid fields.",
                          [{"field": "connectionId", "code": "unknown", "message": f"no connection with id {connection_id!r}"}])
@@ -212,12 +260,19 @@ def _usable_connection(svc: Services, caller: Caller, connection_id: str, action
 def _check_source(svc: Services, source: Source, mapping: Mapping) -> list[str]:
     """Validate the mapping against the segment's schema; returns notices for the caller."""
     container = svc.storage.segment_blobs.get_container_client(source.container)
+    notices = []
     try:
         refresh = segments.find_latest_refresh(container, source.folder, source.segment)
         if refresh is None:
-            return [f"Segment {source.segment!r} has no refresh in {source.container}/{source.folder} yet; "
-                    "the mapping will be checked against its columns when the first refresh is exported."]
-        schema = segments.load_schema(container, source.folder, source.segment, refresh)
+            notice = f"Segment {source.segment!r} has no refresh in {source.container}/{source.folder} yet"
+            try:  # model.json may describe the segment before its first refresh: check against it then
+                schema = segments.load_schema(container, source.folder, source.segment, None)
+            except segments.SegmentSourceError:
+                return [notice + "; the mapping will be checked against its columns when the first refresh is "
+                                 "exported."]
+            notices.append(notice + "; the mapping was checked against the segment's columns in model.json.")
+        else:
+            schema = segments.load_schema(container, source.folder, source.segment, refresh)
     except segments.SourceNotFoundError as e:
         raise BadRequest("The request has invalid fields.",
                          [{"field": "source.container", "code": "not_found", "message": str(e)}]) from None
@@ -231,17 +286,17 @@ def _check_source(svc: Services, source: Source, mapping: Mapping) -> list[str]:
     ]
     if errors:
         raise BadRequest("The mapping names columns the segment does not have.", errors)
-    return []
+    return notices
 
 
 def _get_export(svc: Services, caller: Caller, export_id: str, action: str) -> Export:
     require_member(caller)
-    export = svc.storage.get_export(export_id)
+    export = svc.storage.get_export(export_id) if _known_id(export_id) else None
     if export is None:
         raise NotFound(f"No export with id {export_id!r}.")
     conn = svc.storage.get_connection(export.connection_id)
     if conn is not None:
-        require_use(caller, conn, action)
+        require_use(caller, conn, f"{action} exports that use it")
     else:
         require_admin(caller, f"{action} an export whose connection was removed")
     return export
@@ -263,7 +318,7 @@ def _export_from(data: dict, export_id: str, created_at, now) -> Export:
 def create_export(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     require_member(caller)
     data = validate(req.json(), EXPORT_SPEC)
-    _usable_connection(svc, caller, data["connectionId"], "create exports")
+    _usable_connection(svc, caller, data["connectionId"], "create exports with it")
     now = svc.clock()
     export = _export_from(data, new_id(), now, now)
     notices = _check_source(svc, export.source, export.mapping)
@@ -286,7 +341,7 @@ def get_export(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
 def update_export(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     current = _get_export(svc, caller, req.route_params["id"], "change")
     data = validate(req.json(), EXPORT_SPEC)
-    _usable_connection(svc, caller, data["connectionId"], "use")
+    _usable_connection(svc, caller, data["connectionId"], "move an export to it")
     export = _export_from(data, current.id, current.created_at, svc.clock())
     notices = _check_source(svc, export.source, export.mapping)
     svc.storage.put_export(export)
@@ -336,14 +391,14 @@ def start_export_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiRespo
 
 def _get_run(svc: Services, caller: Caller, run_id: str) -> Run:
     require_member(caller)
-    run = svc.storage.get_run(run_id)
+    run = svc.storage.get_run(run_id) if _known_id(run_id) else None
     if run is None:
         raise NotFound(f"No run with id {run_id!r}.")
     conn = svc.storage.get_connection(run.connection_id)
     if conn is not None:
-        require_use(caller, conn, "see runs")
+        require_use(caller, conn, "see or cancel runs that use it")
     else:
-        require_admin(caller, "see runs of a removed connection")
+        require_admin(caller, "see or cancel runs of a removed connection")
     return run
 
 
@@ -352,7 +407,7 @@ def get_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
 
 
 def list_export_runs(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
-    export = _get_export(svc, caller, req.route_params["id"], "see runs")
+    export = _get_export(svc, caller, req.route_params["id"], "see runs of")
     return ApiResponse(200, {"runs": [_run_body(req, r) for r in svc.storage.list_runs(export.id)]})
 
 

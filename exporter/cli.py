@@ -43,21 +43,34 @@ class ApiClient:
         self.timeout = timeout
 
     def request(self, method: str, path: str, body=None, expect=(200, 201, 202, 204)):
-        res = self.session.request(method, f"{self.base_url}/{path}", json=body, timeout=self.timeout)
+        try:
+            res = self.session.request(method, f"{self.base_url}/{path}", json=body, timeout=self.timeout)
+        except requests.RequestException as e:
+            raise SystemExit(f"Cannot reach the exporter API at {self.base_url} ({type(e).__name__}). Is "
+                             "`python -m exporter serve` running there? Use --url to point elsewhere.") from None
         if res.status_code not in expect:
             raise SystemExit(f"{method} /api/{path} failed: {res.status_code} {_problem_text(res)}")
-        if res.headers.get("Content-Type", "").startswith("application/json"):
+        if res.content and res.headers.get("Content-Type", "").startswith("application/json"):
             return res.json()
         return res.content
 
-    def wait_for_run(self, run_id: str, progress=None, poll: float = 0.5, timeout: float = 3600) -> dict:
+    def wait_for_run(self, run_id: str, progress=None, poll: float = 0.5, timeout: float = 3600,
+                     stall_polls: int = 3) -> dict:
+        """Poll until the run ended and every batch is accounted for. A run that ended while no batch
+        moves any more for ``stall_polls`` polls (e.g. one that failed while planning, before sending
+        anything) is returned as it is."""
         deadline = time.monotonic() + timeout
+        last, unchanged = None, 0
         while True:
             run = self.request("GET", f"runs/{run_id}")
             if progress:
                 progress(run)
             c = run["counts"]
             if run["status"] in FINAL and c["batchesDone"] >= c["batches"]:
+                return run
+            unchanged = unchanged + 1 if c == last else 0
+            last = c
+            if run["status"] in FINAL and unchanged >= stall_polls:
                 return run
             if time.monotonic() > deadline:
                 raise SystemExit(f"Run {run_id} did not end within {timeout:.0f}s (status {run['status']}).")
@@ -140,7 +153,7 @@ def cmd_connections(args) -> int:
         key = os.environ.get("OMNISEND_API_KEY") or getpass.getpass("Omnisend API key: ")
         body = {"displayName": args.name, "apiKey": key, "allowContributors": args.allow_contributors,
                 "dataPrivacyConsent": args.consent}
-        if args.max_profiles:
+        if args.max_profiles is not None:
             body["maxProfilesPerExport"] = args.max_profiles
         print(json.dumps(api.request("POST", "connections", body), indent=2))
     elif args.action == "list":
@@ -156,7 +169,7 @@ def cmd_connections(args) -> int:
 def cmd_exports(args) -> int:
     api = ApiClient(args.url)
     if args.action == "add":
-        mapping = dict(pair.split("=", 1) for pair in args.map)
+        mapping = dict(args.map)
         body = {"name": args.name, "connectionId": args.connection,
                 "source": {"container": args.container, "folder": args.folder, "segment": args.segment},
                 "mapping": mapping, "enabled": not args.disabled}
@@ -185,6 +198,17 @@ def cmd_run(args) -> int:
     return 0 if run["status"] in ("succeeded", "partiallySucceeded") else 1
 
 
+def _field_column(text: str) -> tuple[str, str]:
+    field, sep, column = text.partition("=")
+    if not sep or not field.strip() or not column:
+        raise argparse.ArgumentTypeError(f"expected FIELD=COLUMN (e.g. email=PrimaryEmail), got {text!r}")
+    return field.strip(), column
+
+
+def _url_option(parser: argparse.ArgumentParser, default=DEFAULT_URL) -> None:
+    parser.add_argument("--url", default=default, help=f"the exporter API (default {DEFAULT_URL})")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m exporter", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -196,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--no-timer", action="store_true", help="do not fire the schedule")
     s.set_defaults(fn=cmd_serve)
 
+    # --url is accepted before or after the action (``connections --url U list`` and ``connections list --url U``)
     c = sub.add_parser("connections", help="manage Omnisend connections")
-    c.add_argument("--url", default=DEFAULT_URL)
+    _url_option(c)
     ca = c.add_subparsers(dest="action", required=True)
     add = ca.add_parser("add")
     add.add_argument("--name", required=True)
@@ -208,10 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     ca.add_parser("list")
     rm = ca.add_parser("remove")
     rm.add_argument("id")
+    for action in (add, ca.choices["list"], rm):
+        _url_option(action, argparse.SUPPRESS)
     c.set_defaults(fn=cmd_connections)
 
     e = sub.add_parser("exports", help="manage exports")
-    e.add_argument("--url", default=DEFAULT_URL)
+    _url_option(e)
     ea = e.add_subparsers(dest="action", required=True)
     add = ea.add_parser("add")
     add.add_argument("--name", required=True)
@@ -219,16 +246,18 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--container", required=True)
     add.add_argument("--folder", default="")
     add.add_argument("--segment", required=True)
-    add.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", required=True)
+    add.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", required=True, type=_field_column)
     add.add_argument("--disabled", action="store_true")
-    ea.add_parser("list")
+    _url_option(add, argparse.SUPPRESS)
+    _url_option(ea.add_parser("list"), argparse.SUPPRESS)
     for name in ("show", "remove"):
         a = ea.add_parser(name)
         a.add_argument("id")
+        _url_option(a, argparse.SUPPRESS)
     e.set_defaults(fn=cmd_exports)
 
     r = sub.add_parser("run", help="run an export now")
-    r.add_argument("--url", default=DEFAULT_URL)
+    _url_option(r)
     r.add_argument("export_id")
     r.add_argument("--wait", action="store_true", help="show progress until the run ends, then the counts")
     r.set_defaults(fn=cmd_run)

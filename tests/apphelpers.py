@@ -84,3 +84,60 @@ def wait_for_run(run_id: str, timeout: float = 120) -> dict:
         if time.monotonic() > deadline:
             raise AssertionError(f"run {run_id} did not end in {timeout}s: {body}")
         time.sleep(0.3)
+
+
+# --- callers, installed services and stored state (helpers for the access and validation tests) ---
+
+ANONYMOUS: dict = {}  # no X-MS-CLIENT-PRINCIPAL header at all
+
+
+def as_user(name: str, *roles: str) -> dict:
+    """Headers of a signed-in user with the given app roles (as App Service Authentication sends them)."""
+    return {"x-ms-client-principal": encode_principal(name, list(roles))}
+
+
+NO_ROLE = as_user("visitor@dev", "Reader")  # signed in, but neither Admin nor Contributor
+
+
+def use_services(svc):
+    """Install ``svc`` for the handlers; returns a callable that puts the previous services back."""
+    from exporter import services as services_module
+
+    previous = services_module._services
+    services_module.set_services(svc)
+    return lambda: services_module.set_services(previous)
+
+
+def table_rows(storage) -> dict[str, list[dict]]:
+    """Every entity of the app's tables (without ETags and timestamps), by table name."""
+    out = {}
+    for table in (storage.connections, storage.exports, storage.runs, storage.batches):
+        out[table.table_name] = sorted((dict(e) for e in table.list_entities()),
+                                       key=lambda e: (e["PartitionKey"], e["RowKey"]))
+    return out
+
+
+def stored_texts(storage) -> list[tuple[str, str]]:
+    """(where, text) of everything the app stores: each table entity and each run report blob."""
+    found = []
+    for table, rows in table_rows(storage).items():
+        for e in rows:
+            found.append((f"table {table} {e['PartitionKey']}/{e['RowKey']}", json.dumps(e, default=str)))
+    for blob in storage.artifacts.list_blobs():
+        data = storage.artifacts.download_blob(blob.name).readall()
+        found.append((f"blob {storage.artifacts.container_name}/{blob.name}", data.decode("utf-8", "replace")))
+    return found
+
+
+def wait_for_final(run_id: str, timeout: float = 60) -> dict:
+    """The run once its status is final, whether or not batches are still being accounted for (a run that
+    fails while planning never has batches done)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body, _ = call("run", "GET", f"runs/{run_id}", route_params={"id": run_id})
+        assert status == 200, body
+        if body["status"] in ("succeeded", "partiallySucceeded", "failed", "cancelled"):
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} did not end in {timeout}s: {body}")
+        time.sleep(0.2)

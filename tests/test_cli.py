@@ -1,0 +1,145 @@
+"""CLI parity: ``python -m exporter connections|exports|run`` in a separate process, acting as the local
+Admin of the development mode against the local runner's HTTP server (the ``workers`` fixture), which
+serves the app's own functions on Azurite with the Omnisend sandbox behind them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from apphelpers import call
+from conftest import TEST_API_KEY, TEST_BRAND
+from devtools.sample_segment import generate_profiles, write_segment_refresh
+from exporter.secrets import SecretNotFoundError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, key: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMNISEND_API_KEY", "EXPORTER_DEV_MODE")}
+    if key is not None:
+        env["OMNISEND_API_KEY"] = key
+    done = subprocess.run([sys.executable, "-m", "exporter", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    for key_value in (TEST_API_KEY, key):
+        if key_value:
+            assert key_value not in done.stdout + done.stderr  # the CLI never shows a key either
+    return done
+
+
+@pytest.fixture
+def segment(segment_container):
+    profiles = list(generate_profiles(150, seed=4, invalid_share=0.02))
+    write_segment_refresh(segment_container, folder="ci", segment="CliSeg", profiles=profiles,
+                          when=datetime.now(timezone.utc) - timedelta(minutes=5))
+    return segment_container.container_name
+
+
+def test_connections_exports_and_run_from_the_command_line(services, workers, sandbox, segment):
+    url = workers.url
+
+    # connections add (the key from OMNISEND_API_KEY), list
+    done = cli("connections", "add", "--url", url, "--name", "CLI Omnisend", "--consent", key=TEST_API_KEY)
+    assert done.returncode == 0, done.stderr
+    conn = json.loads(done.stdout)
+    assert conn["displayName"] == "CLI Omnisend" and conn["consentedBy"] == "local-admin@dev"
+    assert conn["allowContributors"] is False and "apiKey" not in conn
+    assert services.secrets.get(services.storage.get_connection(conn["id"]).secret_name) == TEST_API_KEY
+    done = cli("connections", "--url", url, "add", "--name", "Shared", "--consent", "--allow-contributors",
+               "--max-profiles", "5000", key=TEST_API_KEY)
+    assert done.returncode == 0, done.stderr
+    shared = json.loads(done.stdout)
+    assert shared["allowContributors"] is True and shared["maxProfilesPerExport"] == 5000
+    done = cli("connections", "list", "--url", url)
+    assert done.returncode == 0, done.stderr
+    assert f"{conn['id']}  CLI Omnisend  (admins only)" in done.stdout.splitlines()
+    assert f"{shared['id']}  Shared  (admins and contributors)" in done.stdout.splitlines()
+
+    # exports add, list, show
+    done = cli("exports", "add", "--url", url, "--name", "VIP", "--connection", conn["id"], "--container", segment,
+               "--folder", "ci", "--segment", "CliSeg", "--map", "email=PrimaryEmail", "--map", "firstName=FirstName",
+               "--map", "country=Country")
+    assert done.returncode == 0, done.stderr
+    export = json.loads(done.stdout)
+    assert export["mapping"] == {"email": "PrimaryEmail", "firstName": "FirstName", "country": "Country"}
+    assert export["notices"] == [] and export["enabled"] is True
+    done = cli("exports", "list", "--url", url)
+    assert f"{export['id']}  VIP  segment CliSeg  enabled" in done.stdout.splitlines()
+    done = cli("exports", "show", export["id"], "--url", url)
+    assert done.returncode == 0 and json.loads(done.stdout) == call("export", "GET", "", route_params={
+        "id": export["id"]})[1]
+
+    # run --wait: progress until the run ends, then the counts
+    done = cli("run", export["id"], "--wait", "--url", url, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = re.search(r"^Run (\w+) queued\.$", done.stdout, re.M).group(1)
+    api_run = call("run", "GET", "", route_params={"id": run_id})[1]
+    c = api_run["counts"]
+    assert api_run["status"] == "partiallySucceeded" and c["read"] == 150 and c["confirmed"] == 147
+    assert re.search(r"^  (queued|planning|uploading|verifying|partiallySucceeded)\s", done.stdout, re.M)
+    assert f"Run {run_id}: partiallySucceeded" in done.stdout
+    assert re.search(r"rows read\s+150$", done.stdout, re.M)
+    assert re.search(r"exported \(confirmed\)\s+147$", done.stdout, re.M)
+    assert re.search(r"rejected\s+3$", done.stdout, re.M)
+    assert len(sandbox.contacts(TEST_BRAND)) == 147
+
+    # remove: the export, then the connection (its secret goes too)
+    done = cli("exports", "remove", export["id"], "--url", url)
+    assert done.returncode == 0 and services.storage.get_export(export["id"]) is None
+    secret = services.storage.get_connection(conn["id"]).secret_name
+    done = cli("connections", "remove", conn["id"], "--url", url)
+    assert done.returncode == 0 and "removed" in done.stdout
+    assert services.storage.get_connection(conn["id"]) is None
+    with pytest.raises(SecretNotFoundError):
+        services.secrets.get(secret)
+    assert [line.split()[0] for line in cli("connections", "list", "--url", url).stdout.splitlines()] == [shared["id"]]
+
+
+def test_cli_errors_say_what_to_fix(services, workers, segment):
+    url = workers.url
+    done = cli("connections", "add", "--url", url, "--name", "No consent", key=TEST_API_KEY)
+    assert done.returncode == 1 and "dataPrivacyConsent: must be true" in done.stderr, done.stderr
+    bad_key = "not-a-key-" + uuid.uuid4().hex
+    done = cli("connections", "add", "--url", url, "--name", "Bad key", "--consent", key=bad_key)
+    assert done.returncode == 1 and "422" in done.stderr and "Omnisend rejected this API key" in done.stderr
+    done = cli("connections", "add", "--url", url, "--name", "Zero", "--consent", "--max-profiles", "0",
+               key=TEST_API_KEY)
+    assert done.returncode == 1 and "maxProfilesPerExport: must be 1 to" in done.stderr, done.stderr
+    assert services.storage.list_connections() == []
+
+    conn = json.loads(cli("connections", "add", "--url", url, "--name", "Ok", "--consent", key=TEST_API_KEY).stdout)
+    done = cli("exports", "add", "--url", url, "--name", "Bad", "--connection", conn["id"], "--container", segment,
+               "--folder", "ci", "--segment", "CliSeg", "--map", "email=PrimaryEmail", "--map", "city=Town")
+    assert done.returncode == 1 and "mapping.city: column 'Town' is not in the segment" in done.stderr
+    assert "available columns: CustomerId, FirstName" in done.stderr
+    done = cli("exports", "add", "--url", url, "--name", "Bad", "--connection", conn["id"], "--container", segment,
+               "--segment", "CliSeg", "--map", "email")
+    assert done.returncode == 2 and "expected FIELD=COLUMN" in done.stderr
+    done = cli("exports", "show", uuid.uuid4().hex, "--url", url)
+    assert done.returncode == 1 and "404" in done.stderr
+    assert services.storage.list_exports() == []
+
+    done = cli("connections", "list", "--url", "http://127.0.0.1:9/api")
+    assert done.returncode == 1 and "Cannot reach the exporter API" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_run_wait_ends_for_a_run_that_fails_before_sending(services, workers, sandbox, segment):
+    url = workers.url
+    conn = json.loads(cli("connections", "add", "--url", url, "--name", "Tiny", "--consent", "--max-profiles", "10",
+                          key=TEST_API_KEY).stdout)
+    export = json.loads(cli("exports", "add", "--url", url, "--name", "Tiny", "--connection", conn["id"],
+                            "--container", segment, "--folder", "ci", "--segment", "CliSeg",
+                            "--map", "email=PrimaryEmail").stdout)
+    done = cli("run", "--url", url, export["id"], "--wait", timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert re.search(r": failed$", done.stdout, re.M)
+    assert "147 valid profiles, more than the 10 allowed" in done.stdout
+    assert sandbox.contacts(TEST_BRAND) == []
