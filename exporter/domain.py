@@ -251,6 +251,7 @@ class Run:
     error: str | None = None
     refresh_folder: str | None = None
     refresh_fingerprint: str | None = None
+    counts_final: bool = False  # every batch is accounted for; counts no longer change
 
     def to_api(self, status_url: str | None = None) -> dict:
         body = {
@@ -274,6 +275,15 @@ class Run:
 
 
 @dataclass
+class Failure:
+    """One contact of a batch that did not land at Omnisend."""
+
+    index: int  # position in the batch's contacts
+    reason: str  # low-cardinality key, counted in failedByReason
+    detail: str  # what Omnisend (or the uploader) said
+
+
+@dataclass
 class Batch:
     run_id: str
     number: int  # 1-based, in planning order
@@ -284,3 +294,44 @@ class Batch:
     confirmed: int = 0
     failed: int = 0
     error: str | None = None
+    payload: dict | None = None  # the send message: contacts and their source rows (kept for reports and retries)
+    failures: list[Failure] = field(default_factory=list)
+
+    def failed_by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.failures:
+            out[f.reason] = out.get(f.reason, 0) + 1
+        return out
+
+
+@dataclass
+class Tally:
+    """The upload side of a run's counts, kept beside its batches so both change in one transaction."""
+
+    planned: int = -1  # batches the planner enqueued; -1 until planning ends
+    sent: int = 0
+    batches_sent: int = 0
+    confirmed: int = 0
+    failed: int = 0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    batches_done: int = 0
+    updated_at: datetime | None = None  # last change: how a stuck run is noticed
+
+    @property
+    def complete(self) -> bool:
+        return self.planned >= 0 and self.batches_done >= self.planned
+
+    def add_failures(self, by_reason: dict[str, int]) -> None:
+        for reason, n in by_reason.items():
+            if n:
+                self.failed += n
+                self.failed_by_reason[reason] = self.failed_by_reason.get(reason, 0) + n
+
+    def apply_to(self, counts: "RunCounts") -> None:
+        counts.sent, counts.batches_sent = self.sent, self.batches_sent
+        counts.confirmed, counts.failed = self.confirmed, self.failed
+        counts.failed_by_reason = dict(self.failed_by_reason)
+        counts.skipped, counts.batches_done = self.skipped, self.batches_done
+        if self.planned >= 0:
+            counts.batches = self.planned

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import segments
-from .domain import Run, RunCounts, RunStatus
+from .domain import Run, RunCounts, RunStatus, Tally
 from .mapping import (
     REASON_CONTACT_TOO_LARGE,
     REASON_DUPLICATE,
@@ -34,6 +34,10 @@ from .services import Services
 from .storage import ReportWriter
 
 log = logging.getLogger(__name__)
+
+REASON_NOT_SENT_OVER_LIMIT = "not sent: over the contract limit"
+REASON_NOT_SENT_UNREADABLE = "not sent: the segment could not be read"
+REASON_NOT_SENT_RUN_ENDED = "not sent: the run had ended"
 
 MAX_BATCH_CONTACTS = 100  # Omnisend's limit per POST /batches
 # A queue message is at most 64 KiB after base64 (4/3): keep the JSON text well below 48 KiB.
@@ -82,6 +86,10 @@ class BatchBuilder:
         p.contacts.append(contact_json)
         p.chars += extra
 
+    @property
+    def pending(self) -> int:
+        return len(self._pending.contacts) if self._pending else 0
+
     def flush(self) -> None:
         p = self._pending
         if not p:
@@ -126,10 +134,12 @@ def plan_run(svc: Services, run_id: str, redelivered: bool = False) -> Run | Non
         return None
     try:
         return _plan(svc, run)
+    except EnqueueError:
+        raise  # some batches may be out: let the queue deliver the plan again, which re-plans the run
     except Exception as e:  # noqa: BLE001 - a run must end visibly, never hang in "planning"
         log.exception("planning failed unexpectedly", extra={"run_id": run.id, "export_id": run.export_id})
-        return fail_run(svc, run.id, f"Planning failed unexpectedly ({type(e).__name__}); nothing was sent. "
-                                     "The error was logged with this run's id.")
+        return _fail_early(svc, run.id, f"Planning failed unexpectedly ({type(e).__name__}); nothing was sent. "
+                                        "The error was logged with this run's id.")
 
 
 def _plan(svc: Services, run: Run) -> Run:
@@ -137,20 +147,20 @@ def _plan(svc: Services, run: Run) -> Run:
     export = svc.storage.get_export(run.export_id)
     connection = svc.storage.get_connection(run.connection_id)
     if export is None:
-        return fail_run(svc, run.id, "The export was deleted before the run started.")
+        return _fail_early(svc, run.id, "The export was deleted before the run started.")
     if connection is None:
-        return fail_run(svc, run.id, f"Connection {run.connection_id} was removed; the run cannot send anything.")
+        return _fail_early(svc, run.id, f"Connection {run.connection_id} was removed; the run cannot send anything.")
     src = export.source
     container = svc.storage.segment_blobs.get_container_client(src.container)
     try:
         refresh = segments.find_latest_refresh(container, src.folder, src.segment)
         if refresh is None:
-            return fail_run(
+            return _fail_early(
                 svc, run.id,
                 f"Segment {src.segment!r} has no refresh under {src.container}/{src.folder}: nothing to export yet.",
             )
         if not segments.is_settled(refresh, svc.clock(), svc.settings.refresh_settle_seconds):
-            return fail_run(
+            return _fail_early(
                 svc, run.id,
                 f"The latest refresh {refresh.folder} is still being written (last change {refresh.last_modified:%H:%M:%S} "
                 f"UTC; settle period {svc.settings.refresh_settle_seconds}s). Run again in a few minutes.",
@@ -158,7 +168,7 @@ def _plan(svc: Services, run: Run) -> Run:
         schema = segments.load_schema(container, src.folder, src.segment, refresh)
         mapper = ContactMapper(schema.columns, export.mapping)
     except (segments.SegmentSourceError, MappingError) as e:
-        return fail_run(svc, run.id, str(e))
+        return _fail_early(svc, run.id, str(e))
 
     counts = RunCounts()
     svc.storage.create_report(run.id)
@@ -196,7 +206,8 @@ def _plan(svc: Services, run: Run) -> Run:
             builder.flush()
         except segments.SegmentSourceError as e:
             report.close()
-            return fail_run(svc, run.id, f"{e} Nothing was sent.")
+            counts.queued = builder.contacts + builder.pending
+            return _abandon(svc, run.id, counts, refresh, REASON_NOT_SENT_UNREADABLE, f"{e} Nothing was sent.")
         finally:
             seen.clear()
         report.close()
@@ -205,16 +216,18 @@ def _plan(svc: Services, run: Run) -> Run:
 
         limit = connection.max_profiles_per_export
         if limit is not None and counts.queued > limit:
-            _record_planning(svc, run.id, counts, refresh)
-            return fail_run(
-                svc, run.id,
+            return _abandon(
+                svc, run.id, counts, refresh, REASON_NOT_SENT_OVER_LIMIT,
                 f"The segment has {counts.queued} valid profiles, more than the {limit} allowed per export by "
                 f"connection {connection.display_name!r} (the Omnisend contract limit). Nothing was sent.",
             )
+        current = svc.storage.get_run(run.id)
+        if current is None or current.status.is_final:  # cancelled (or failed) while planning
+            return _abandon(svc, run.id, counts, refresh, REASON_NOT_SENT_RUN_ENDED, None)
         # Enqueue only now that the whole refresh was read cleanly.
         spool.seek(0)
         _enqueue(svc, spool)
-    run = _record_planning(svc, run.id, counts, refresh, start_upload=True)
+    run = _record_planning(svc, run.id, counts, refresh)
     log.info(
         "planned: %d read, %d rejected, %d duplicates, %d contacts in %d batches",
         counts.read, counts.rejected, counts.duplicates, counts.queued, counts.batches, extra=ctx,
@@ -222,26 +235,71 @@ def _plan(svc: Services, run: Run) -> Run:
     return run
 
 
+class EnqueueError(RuntimeError):
+    """Enqueueing stopped part way; planning the run again is safe (batch numbers are stable)."""
+
+
 def _enqueue(svc: Services, spool) -> None:
     """Send the spooled messages with a few threads, holding only a small window of them in memory."""
     in_flight: deque = deque()
-    with ThreadPoolExecutor(ENQUEUE_THREADS, thread_name_prefix="enqueue") as pool:
-        for line in spool:
-            in_flight.append(pool.submit(svc.storage.send_batch_message, line.rstrip("\n")))
-            if len(in_flight) >= 2 * ENQUEUE_THREADS:
+    try:
+        with ThreadPoolExecutor(ENQUEUE_THREADS, thread_name_prefix="enqueue") as pool:
+            for line in spool:
+                in_flight.append(pool.submit(svc.storage.send_batch_message, line.rstrip("\n")))
+                if len(in_flight) >= 2 * ENQUEUE_THREADS:
+                    in_flight.popleft().result()
+            while in_flight:
                 in_flight.popleft().result()
-        while in_flight:
-            in_flight.popleft().result()
+    except Exception as e:
+        raise EnqueueError(f"enqueueing batches failed: {type(e).__name__}") from e
 
 
-def _record_planning(svc: Services, run_id: str, counts: RunCounts, refresh, start_upload: bool = False) -> Run:
+def _record_planning(svc: Services, run_id: str, counts: RunCounts, refresh) -> Run:
+    """Planning is done: its counts go on the run, then the tally learns how many batches to expect.
+
+    In this order, because the tally's planned count is what lets the run end: no worker may
+    conclude the run before the planning counts are on it.
+    """
+
     def mutate(run: Run):
-        c = run.counts  # upload-side counters may already have moved: merge, never overwrite them
+        c = run.counts
         c.read, c.rejected, c.rejected_by_reason = counts.read, counts.rejected, dict(counts.rejected_by_reason)
         c.duplicates, c.queued, c.batches = counts.duplicates, counts.queued, counts.batches
         run.refresh_folder, run.refresh_fingerprint = refresh.folder, refresh.fingerprint
-        if start_upload and run.status is RunStatus.PLANNING:
+        if run.status is RunStatus.PLANNING:
             run.status = RunStatus.UPLOADING
-            settle(run, svc.clock())
 
-    return svc.storage.update_run(run_id, mutate)
+    svc.storage.update_run(run_id, mutate)
+
+    def planned(t: Tally) -> None:
+        t.planned = counts.batches
+
+    tally = svc.storage.update_tally(run_id, planned)
+    return settle(svc, run_id, tally) or svc.storage.get_run(run_id)
+
+
+def _abandon(svc: Services, run_id: str, counts: RunCounts, refresh, reason: str, error: str | None) -> Run:
+    """End a run whose contacts will not be sent; they are counted as failed with ``reason``."""
+    if error:
+        fail_run(svc, run_id, error)
+    unsent, counts.batches = counts.queued, 0
+
+    def mutate(run: Run):
+        c = run.counts
+        c.read, c.rejected, c.rejected_by_reason = counts.read, counts.rejected, dict(counts.rejected_by_reason)
+        c.duplicates, c.queued, c.batches = counts.duplicates, counts.queued, 0
+        if refresh is not None:
+            run.refresh_folder, run.refresh_fingerprint = refresh.folder, refresh.fingerprint
+
+    svc.storage.update_run(run_id, mutate)
+
+    def nothing_sent(t: Tally) -> None:
+        t.planned = 0
+        t.add_failures({reason: unsent})
+
+    return settle(svc, run_id, svc.storage.update_tally(run_id, nothing_sent)) or svc.storage.get_run(run_id)
+
+
+def _fail_early(svc: Services, run_id: str, error: str) -> Run:
+    """A run that ends before reading any row: nothing read, nothing to account for."""
+    return _abandon(svc, run_id, RunCounts(), None, REASON_NOT_SENT_UNREADABLE, error)

@@ -11,7 +11,7 @@ import time
 import uuid
 from datetime import datetime
 
-from .domain import Export, Refresh, Run, RunCounts, RunStatus
+from .domain import Export, Refresh, Run, RunCounts, RunStatus, Tally
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,16 @@ def new_run_id() -> str:
     return f"{inverted:013d}{uuid.uuid4().hex[:8]}"
 
 
+def _is_active(svc: Services, run_id: str) -> bool:
+    run = svc.storage.get_run(run_id)
+    return run is not None and run.status in ACTIVE
+
+
 def active_run(svc: Services, export_id: str) -> Run | None:
-    for run in svc.storage.list_runs(export_id, limit=20):
-        if run.status in ACTIVE:
-            return run
+    for locked_export, run_id in svc.storage.locked_runs():
+        if locked_export == export_id:
+            run = svc.storage.get_run(run_id)
+            return run if run is not None and run.status in ACTIVE else None
     return None
 
 
@@ -48,10 +54,11 @@ def last_succeeded_run(svc: Services, export_id: str) -> Run | None:
 
 
 def start_run(svc: Services, export: Export, trigger: str, refresh: Refresh | None = None) -> Run:
-    """Record a queued run and hand it to the planner queue. Never plans inline (HTTP must answer fast)."""
-    current = active_run(svc, export.id)
-    if current is not None:
-        raise RunConflictError(current)
+    """Record a queued run and hand it to the planner queue. Never plans inline (HTTP must answer fast).
+
+    One run per export at a time: the export's lock names its run, and only an ended run's lock
+    can be taken over (so two triggers at the same moment cannot both start one).
+    """
     run = Run(
         id=new_run_id(),
         export_id=export.id,
@@ -63,6 +70,10 @@ def start_run(svc: Services, export: Export, trigger: str, refresh: Refresh | No
         refresh_folder=refresh.folder if refresh else None,
         refresh_fingerprint=refresh.fingerprint if refresh else None,
     )
+    holder = svc.storage.claim_export(export.id, run.id, lambda run_id: _is_active(svc, run_id))
+    if holder is not None:
+        current = svc.storage.get_run(holder)
+        raise RunConflictError(current)
     svc.storage.create_run(run)
     svc.storage.send_run_message({"type": "plan", "runId": run.id})
     log.info("run queued", extra={"run_id": run.id, "export_id": export.id, "trigger": trigger})
@@ -76,29 +87,51 @@ def _finish(run: Run, status: RunStatus, now: datetime, error: str | None = None
         run.error = error
 
 
-def settle(run: Run, now: datetime) -> None:
-    """Move an uploading run on once its batches are sent, and end it once all are accounted for."""
+def conclude(run: Run, now: datetime) -> None:
+    """The final status of a run whose every row is accounted for."""
     c = run.counts
-    if run.status not in (RunStatus.UPLOADING, RunStatus.VERIFYING):
-        return
-    if c.batches_done >= c.batches:
-        if c.read != c.accounted:
-            _finish(
-                run,
-                RunStatus.FAILED,
-                now,
-                f"Counts do not add up: {c.read} rows read but {c.accounted} accounted for "
-                f"({c.rejected} rejected, {c.duplicates} duplicates, {c.confirmed} confirmed, {c.failed} failed, "
-                f"{c.skipped} skipped). Do not trust this run; report it.",
-            )
-        elif c.failed == 0 and c.rejected == 0:
-            _finish(run, RunStatus.SUCCEEDED, now)
-        elif c.confirmed + c.skipped > 0:
-            _finish(run, RunStatus.PARTIALLY_SUCCEEDED, now)
-        else:
-            _finish(run, RunStatus.FAILED, now, run.error or "No contact of the segment reached Omnisend; see the report.")
-    elif run.status is RunStatus.UPLOADING and c.batches_sent >= c.batches:
-        run.status = RunStatus.VERIFYING
+    if c.read != c.accounted:
+        _finish(
+            run,
+            RunStatus.FAILED,
+            now,
+            f"Counts do not add up: {c.read} rows read but {c.accounted} accounted for "
+            f"({c.rejected} rejected, {c.duplicates} duplicates, {c.confirmed} confirmed, {c.failed} failed, "
+            f"{c.skipped} skipped). Do not trust this run; report it.",
+        )
+    elif c.failed == 0 and c.rejected == 0:
+        _finish(run, RunStatus.SUCCEEDED, now)
+    elif c.confirmed + c.skipped > 0:
+        _finish(run, RunStatus.PARTIALLY_SUCCEEDED, now)
+    else:
+        _finish(run, RunStatus.FAILED, now, run.error or "No contact of the segment reached Omnisend; see the report.")
+
+
+def settle(svc: Services, run_id: str, tally: Tally) -> Run | None:
+    """After the tally moved: verifying once every batch is sent; ended once every batch is counted.
+
+    Safe to call any number of times, from any worker: it changes the run only when the tally says so.
+    """
+    if tally.planned < 0 or (not tally.complete and tally.batches_sent < tally.planned):
+        return None
+
+    def mutate(run: Run):
+        if tally.complete:
+            if run.counts_final and run.status.is_final:
+                return False
+            if not run.status.is_final:
+                conclude(run, svc.clock())
+            run.counts_final = True
+            return None
+        if run.status is RunStatus.UPLOADING:
+            run.status = RunStatus.VERIFYING
+            return None
+        return False
+
+    run = svc.storage.update_run(run_id, mutate)
+    if run.status.is_final and run.counts_final:
+        log.info("run ended %s", run.status.value, extra={"run_id": run.id, "export_id": run.export_id})
+    return run
 
 
 def fail_run(svc: Services, run_id: str, error: str) -> Run:
@@ -110,40 +143,3 @@ def fail_run(svc: Services, run_id: str, error: str) -> Run:
     run = svc.storage.update_run(run_id, mutate)
     log.warning("run failed: %s", error, extra={"run_id": run_id, "export_id": run.export_id})
     return run
-
-
-def record_batch_outcome(
-    svc: Services,
-    run_id: str,
-    *,
-    confirmed: int = 0,
-    failed_by_reason: dict[str, int] | None = None,
-    skipped: int = 0,
-    was_sent: bool = True,
-) -> Run:
-    """Count one batch as done. Call exactly once per batch (the batch entity's ETag guarantees it).
-
-    ``was_sent`` is False for a batch given up before Omnisend accepted it.
-    """
-
-    def mutate(run: Run):
-        c = run.counts
-        if not was_sent:
-            c.batches_sent += 1
-        c.confirmed += confirmed
-        for reason, n in (failed_by_reason or {}).items():
-            c.add_failures(reason, n)
-        c.skipped += skipped
-        c.batches_done += 1
-        settle(run, svc.clock())
-
-    return svc.storage.update_run(run_id, mutate)
-
-
-def record_batch_sent(svc: Services, run_id: str, size: int) -> Run:
-    def mutate(run: Run):
-        run.counts.sent += size
-        run.counts.batches_sent += 1
-        settle(run, svc.clock())
-
-    return svc.storage.update_run(run_id, mutate)

@@ -11,12 +11,13 @@ import io
 import json
 import logging
 import time
+import zlib
 from datetime import datetime
 from typing import Callable, Iterator
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableServiceClient, UpdateMode
+from azure.data.tables import TableServiceClient, TableTransactionError, UpdateMode
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
@@ -27,18 +28,22 @@ from .domain import (
     BatchStatus,
     Connection,
     Export,
+    Failure,
     Mapping,
     Refresh,
     Run,
     RunCounts,
     RunStatus,
     Source,
+    Tally,
     parse_iso,
 )
 
 log = logging.getLogger(__name__)
 
 RUN_INDEX_PARTITION = "~runs"  # pointer entities: run id -> export id
+LOCK_PARTITION = "~active"  # per export: the run that holds it
+TALLY_KEY = "~tally"  # the run's upload counts, in the run's batch partition
 REPORT_COLUMNS = ("stage", "partition", "row", "email", "reason", "detail")
 REPORT_HEADER = (",".join(REPORT_COLUMNS) + "\r\n").encode()
 
@@ -219,6 +224,7 @@ class Storage:
             "Error": r.error or "",
             "RefreshFolder": r.refresh_folder or "",
             "RefreshFingerprint": r.refresh_fingerprint or "",
+            "CountsFinal": r.counts_final,
         }
 
     @staticmethod
@@ -236,15 +242,23 @@ class Storage:
             error=e.get("Error") or None,
             refresh_folder=e.get("RefreshFolder") or None,
             refresh_fingerprint=e.get("RefreshFingerprint") or None,
+            counts_final=bool(e.get("CountsFinal", False)),
         )
 
     def create_run(self, r: Run) -> None:
         self.runs.create_entity({"PartitionKey": RUN_INDEX_PARTITION, "RowKey": r.id, "ExportId": r.export_id})
         self.runs.create_entity(self._run_entity(r))
 
+    def _with_tally(self, run: Run) -> Run:
+        """A run's counts: planning counts from its entity, upload counts from its live tally."""
+        if not run.counts_final:
+            tally, _ = self.get_tally(run.id)
+            tally.apply_to(run.counts)
+        return run
+
     def get_run(self, run_id: str) -> Run | None:
         found = self._get_run_entity(run_id)
-        return self._run(found) if found is not None else None
+        return self._with_tally(self._run(found)) if found is not None else None
 
     def _get_run_entity(self, run_id: str):
         try:
@@ -258,7 +272,7 @@ class Storage:
         found = self.runs.query_entities("PartitionKey eq @p", parameters={"p": export_id}, results_per_page=limit)
         runs = []
         for e in found:
-            runs.append(self._run(e))
+            runs.append(self._with_tally(self._run(e)))
             if len(runs) >= limit:
                 break
         return runs
@@ -266,13 +280,14 @@ class Storage:
     def update_run(self, run_id: str, mutate: Callable[[Run], bool | None], attempts: int = 50) -> Run:
         """Read-modify-write with the entity's ETag, so concurrent workers never lose an update.
 
-        ``mutate`` changes the run in place; returning False means "nothing to write".
+        ``mutate`` changes the run in place (its counts include the live tally); returning False
+        means "nothing to write".
         """
         for attempt in range(attempts):
             entity = self._get_run_entity(run_id)
             if entity is None:
                 raise KeyError(run_id)
-            run = self._run(entity)
+            run = self._with_tally(self._run(entity))
             if mutate(run) is False:
                 return run
             try:
@@ -294,21 +309,63 @@ class Storage:
             self.runs.delete_entity(export_id, e["RowKey"])
             self.runs.delete_entity(RUN_INDEX_PARTITION, e["RowKey"])
 
-    # --- batches -----------------------------------------------------------------------------
+    # --- run locks: one run per export at a time ------------------------------------------------
+
+    def claim_export(self, export_id: str, run_id: str, is_active: Callable[[str], bool]) -> str | None:
+        """Make ``run_id`` the export's one active run. Returns the id of the run holding it instead.
+
+        The lock names a run; a lock whose run has ended (or vanished) is taken over, so a crash
+        never leaves an export locked.
+        """
+        entity = {"PartitionKey": LOCK_PARTITION, "RowKey": export_id, "RunId": run_id}
+        for _ in range(10):
+            try:
+                self.runs.create_entity(entity)
+                return None
+            except ResourceExistsError:
+                pass
+            try:
+                held = self.runs.get_entity(LOCK_PARTITION, export_id)
+            except ResourceNotFoundError:
+                continue
+            if is_active(held["RunId"]):
+                return held["RunId"]
+            try:
+                self.runs.update_entity(entity, mode=UpdateMode.REPLACE, etag=held.metadata["etag"],
+                                        match_condition=MatchConditions.IfNotModified)
+                return None
+            except (ResourceModifiedError, HttpResponseError) as e:
+                if getattr(e, "status_code", None) != 412:
+                    raise
+        raise ConcurrencyError(f"The run lock of export {export_id} kept changing.")
+
+    def locked_runs(self) -> list[tuple[str, str]]:
+        """(export id, run id) of every export's latest claimed run: where active runs are found."""
+        return [(e["RowKey"], e["RunId"]) for e in self.runs.query_entities(
+            "PartitionKey eq @p", parameters={"p": LOCK_PARTITION})]
+
+    # --- batches and the tally ---------------------------------------------------------------
+    # A run's batch entities and its tally share one partition (the run id), so that finishing a
+    # batch and counting it is one entity-group transaction: a worker killed at any point leaves
+    # either both changes or neither.
 
     @staticmethod
     def _batch_key(number: int) -> str:
         return f"{number:07d}"
 
-    def get_batch(self, run_id: str, number: int) -> tuple[Batch, str] | None:
-        """The batch and its ETag, or None when no worker has touched it yet."""
-        try:
-            e = self.batches.get_entity(run_id, self._batch_key(number))
-        except ResourceNotFoundError:
-            return None
-        batch = Batch(
+    @staticmethod
+    def _pack(value) -> bytes:
+        return zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 6)
+
+    @staticmethod
+    def _unpack(value):
+        return json.loads(zlib.decompress(value)) if value else None
+
+    def _batch(self, run_id: str, e) -> Batch:
+        failures = self._unpack(e.get("Failures")) or []
+        return Batch(
             run_id=run_id,
-            number=number,
+            number=int(e["RowKey"]),
             size=e["Size"],
             status=BatchStatus(e["Status"]),
             omnisend_batch_id=e.get("OmnisendBatchId") or None,
@@ -316,16 +373,12 @@ class Storage:
             confirmed=e.get("Confirmed", 0),
             failed=e.get("Failed", 0),
             error=e.get("Error") or None,
+            payload=self._unpack(e.get("Payload")),
+            failures=[Failure(*f) for f in failures],
         )
-        return batch, e.metadata["etag"]
 
-    def save_batch(self, batch: Batch, etag: str | None) -> bool:
-        """Write a batch only if nobody else changed it since ``etag`` (None: only if it is new).
-
-        Returns False when another worker got there first: the caller lost the race and must not
-        act on the batch again.
-        """
-        entity = {
+    def _batch_entity(self, batch: Batch) -> dict:
+        return {
             "PartitionKey": batch.run_id,
             "RowKey": self._batch_key(batch.number),
             "Size": batch.size,
@@ -335,39 +388,95 @@ class Storage:
             "Confirmed": batch.confirmed,
             "Failed": batch.failed,
             "Error": (batch.error or "")[:2000],
+            "Payload": self._pack(batch.payload) if batch.payload is not None else b"",
+            "Failures": self._pack([[f.index, f.reason, f.detail[:500]] for f in batch.failures]),
         }
-        try:
-            if etag is None:
-                self.batches.create_entity(entity)
-            else:
-                self.batches.update_entity(
-                    entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
-                )
-            return True
-        except ResourceExistsError:
-            return False
-        except (ResourceModifiedError, HttpResponseError) as e:
-            if getattr(e, "status_code", None) in (409, 412):
-                return False
-            raise
 
-    def list_batches(self, run_id: str) -> list[Batch]:
-        out = []
-        for e in self.batches.query_entities("PartitionKey eq @p", parameters={"p": run_id}):
-            out.append(
-                Batch(
-                    run_id=run_id,
-                    number=int(e["RowKey"]),
-                    size=e["Size"],
-                    status=BatchStatus(e["Status"]),
-                    omnisend_batch_id=e.get("OmnisendBatchId") or None,
-                    attempts=e.get("Attempts", 0),
-                    confirmed=e.get("Confirmed", 0),
-                    failed=e.get("Failed", 0),
-                    error=e.get("Error") or None,
-                )
-            )
-        return out
+    def get_batch(self, run_id: str, number: int) -> tuple[Batch, str] | None:
+        """The batch and its ETag, or None when no worker has recorded it yet."""
+        try:
+            e = self.batches.get_entity(run_id, self._batch_key(number))
+        except ResourceNotFoundError:
+            return None
+        return self._batch(run_id, e), e.metadata["etag"]
+
+    def list_batches(self, run_id: str, failed_only: bool = False) -> Iterator[Batch]:
+        query = "PartitionKey eq @p and RowKey lt '~'" + (" and Failed gt 0" if failed_only else "")
+        for e in self.batches.query_entities(query, parameters={"p": run_id}):
+            yield self._batch(run_id, e)
+
+    @staticmethod
+    def _tally(e) -> Tally:
+        data = json.loads(e.get("Counts") or "{}")
+        return Tally(
+            planned=e.get("Planned", -1),
+            sent=data.get("sent", 0),
+            batches_sent=data.get("batchesSent", 0),
+            confirmed=data.get("confirmed", 0),
+            failed=data.get("failed", 0),
+            failed_by_reason=data.get("failedByReason", {}),
+            skipped=data.get("skipped", 0),
+            batches_done=data.get("batchesDone", 0),
+            updated_at=e.metadata.get("timestamp"),
+        )
+
+    @staticmethod
+    def _tally_entity(run_id: str, t: Tally) -> dict:
+        counts = {"sent": t.sent, "batchesSent": t.batches_sent, "confirmed": t.confirmed, "failed": t.failed,
+                  "failedByReason": t.failed_by_reason, "skipped": t.skipped, "batchesDone": t.batches_done}
+        return {"PartitionKey": run_id, "RowKey": TALLY_KEY, "Planned": t.planned, "Counts": json.dumps(counts)}
+
+    def get_tally(self, run_id: str) -> tuple[Tally, str | None]:
+        try:
+            e = self.batches.get_entity(run_id, TALLY_KEY)
+        except ResourceNotFoundError:
+            return Tally(), None
+        return self._tally(e), e.metadata["etag"]
+
+    def _write_tally_op(self, run_id: str, tally: Tally, etag: str | None) -> tuple:
+        entity = self._tally_entity(run_id, tally)
+        if etag is None:
+            return ("create", entity)
+        return ("update", entity, {"mode": UpdateMode.REPLACE, "etag": etag,
+                                   "match_condition": MatchConditions.IfNotModified})
+
+    def update_tally(self, run_id: str, mutate: Callable[[Tally], None], attempts: int = 100) -> Tally:
+        for attempt in range(attempts):
+            tally, etag = self.get_tally(run_id)
+            mutate(tally)
+            try:
+                self.batches.submit_transaction([self._write_tally_op(run_id, tally, etag)])
+                return tally
+            except TableTransactionError as e:
+                if e.status_code not in (409, 412):
+                    raise
+                time.sleep(min(0.005 * (attempt + 1), 0.1))
+        raise ConcurrencyError(f"The tally of run {run_id} changed {attempts} times while being updated.")
+
+    def commit_batch(self, batch: Batch, etag: str | None, mutate: Callable[[Tally], None],
+                     attempts: int = 100) -> Tally | None:
+        """Write ``batch`` (new when ``etag`` is None, else only if unchanged since ``etag``) and apply
+        ``mutate`` to the run's tally, atomically. Returns the new tally, or None when another
+        worker changed the batch first: the caller lost the race and must not act on it again.
+        """
+        if etag is None:
+            batch_op: tuple = ("create", self._batch_entity(batch))
+        else:
+            batch_op = ("update", self._batch_entity(batch),
+                        {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified})
+        for attempt in range(attempts):
+            tally, tally_etag = self.get_tally(batch.run_id)
+            mutate(tally)
+            try:
+                self.batches.submit_transaction([batch_op, self._write_tally_op(batch.run_id, tally, tally_etag)])
+                return tally
+            except TableTransactionError as e:
+                if e.index == 0 and e.status_code in (409, 412):
+                    return None  # the batch changed under us
+                if e.status_code not in (409, 412):
+                    raise
+                time.sleep(min(0.005 * (attempt + 1), 0.1))  # only the tally moved: count again
+        raise ConcurrencyError(f"The tally of run {batch.run_id} changed {attempts} times while being updated.")
 
     # --- queues ------------------------------------------------------------------------------
 
@@ -392,13 +501,28 @@ class Storage:
         return ReportWriter(self._report_blob(run_id))
 
     def read_report(self, run_id: str) -> Iterator[bytes]:
-        """The run's report as CSV bytes, streamed; only the header when nothing was rejected."""
+        """The run's report as CSV, streamed: the planner's rejections, then every contact that did
+        not land at Omnisend, from the batch entities (their outcome and their report are one record)."""
         try:
-            stream = self._report_blob(run_id).download_blob()
+            yield from self._report_blob(run_id).download_blob().chunks()
         except ResourceNotFoundError:
             yield REPORT_HEADER
-            return
-        yield from stream.chunks()
+        buf = io.StringIO()
+        out = csv.writer(buf, lineterminator="\r\n")
+        for batch in self.list_batches(run_id, failed_only=True):
+            payload = batch.payload or {}
+            parts, refs = payload.get("parts", []), payload.get("refs", [])
+            contacts = payload.get("contacts", [])
+            for f in batch.failures:
+                part, row = (parts[refs[f.index][0]], refs[f.index][1]) if f.index < len(refs) else ("", "")
+                email = contacts[f.index]["identifiers"][0]["id"] if f.index < len(contacts) else ""
+                out.writerow(("upload", part, row, email, f.reason, f.detail))
+            if buf.tell() > 1 << 16:
+                yield buf.getvalue().encode()
+                buf.seek(0)
+                buf.truncate()
+        if buf.tell():
+            yield buf.getvalue().encode()
 
 
 class ReportWriter:
