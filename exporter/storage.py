@@ -94,6 +94,7 @@ class Storage:
         self.exports = self.tables.get_table_client(config.TABLE_EXPORTS)
         self.runs = self.tables.get_table_client(config.TABLE_RUNS)
         self.batches = self.tables.get_table_client(config.TABLE_BATCHES)
+        self.rate_limits = self.tables.get_table_client(config.TABLE_RATE_LIMITS)
         self.artifacts = self.blobs.get_container_client(config.CONTAINER_RUN_ARTIFACTS)
 
     def queue_client(self, name: str):
@@ -103,7 +104,8 @@ class Storage:
 
     def ensure_resources(self) -> None:
         """Create the tables, queues and container the app uses (Bicep does this in Azure)."""
-        for table in (config.TABLE_CONNECTIONS, config.TABLE_EXPORTS, config.TABLE_RUNS, config.TABLE_BATCHES):
+        for table in (config.TABLE_CONNECTIONS, config.TABLE_EXPORTS, config.TABLE_RUNS, config.TABLE_BATCHES,
+                      config.TABLE_RATE_LIMITS):
             self.tables.create_table_if_not_exists(table)
         for name in (config.QUEUE_RUNS, config.QUEUE_BATCHES):
             for q in (name, name + config.POISON_SUFFIX):

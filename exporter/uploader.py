@@ -207,14 +207,13 @@ def _check(svc: Services, msg: dict, ctx: dict) -> None:
         if connection is None:
             raise SecretStoreError("the connection was removed")
         client = svc.omnisend(connection)
-        info = client.get_batch(msg["omnisendBatchId"])
+        info, items = client.get_batch_result(msg["omnisendBatchId"])  # status and items: one request
         if not info.is_done:
             if polls >= MAX_CHECK_POLLS:
                 _fail_all(svc, batch, etag, REASON_OUTCOME_UNKNOWN, "the batch never finished at Omnisend")
                 return
             _schedule_check(svc, msg, msg["omnisendBatchId"], polls)
             return
-        items = client.get_batch_items(msg["omnisendBatchId"])
     except OmnisendRateLimited as e:
         _schedule_check(svc, msg, msg["omnisendBatchId"], msg.get("polls", 0), delay=e.retry_after + random.uniform(0, 1))
         return
