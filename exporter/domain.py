@@ -252,6 +252,7 @@ class Run:
     refresh_folder: str | None = None
     refresh_fingerprint: str | None = None
     counts_final: bool = False  # every batch is accounted for; counts no longer change
+    progress_at: datetime | None = None  # last change of the run or of its tally (storage time)
 
     def to_api(self, status_url: str | None = None) -> dict:
         body = {

@@ -142,6 +142,19 @@ def plan_run(svc: Services, run_id: str, redelivered: bool = False) -> Run | Non
                                         "The error was logged with this run's id.")
 
 
+def handle_poison_message(svc: Services, text: str) -> None:
+    """A plan message the host gave up on: the run ends, visibly, instead of waiting forever."""
+    try:
+        run_id = json.loads(text)["runId"]
+    except (ValueError, KeyError, TypeError):
+        log.error("unreadable message in the poison queue dropped (%d characters)", len(text))
+        return
+    run = svc.storage.get_run(run_id)
+    if run is not None and not run.status.is_final:
+        _fail_early(svc, run_id, "Planning failed on every attempt (the message reached the poison queue); "
+                                 "nothing was sent. The errors were logged with this run's id.")
+
+
 def _plan(svc: Services, run: Run) -> Run:
     ctx = {"run_id": run.id, "export_id": run.export_id}
     export = svc.storage.get_export(run.export_id)

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 RUN_INDEX_PARTITION = "~runs"  # pointer entities: run id -> export id
 LOCK_PARTITION = "~active"  # per export: the run that holds it
+HEARTBEAT_PARTITION = "~heartbeat"  # when the timer last ran
 TALLY_KEY = "~tally"  # the run's upload counts, in the run's batch partition
 REPORT_COLUMNS = ("stage", "partition", "row", "email", "reason", "detail")
 REPORT_HEADER = (",".join(REPORT_COLUMNS) + "\r\n").encode()
@@ -245,6 +246,7 @@ class Storage:
             refresh_folder=e.get("RefreshFolder") or None,
             refresh_fingerprint=e.get("RefreshFingerprint") or None,
             counts_final=bool(e.get("CountsFinal", False)),
+            progress_at=e.metadata.get("timestamp"),
         )
 
     def create_run(self, r: Run) -> None:
@@ -256,6 +258,8 @@ class Storage:
         if not run.counts_final:
             tally, _ = self.get_tally(run.id)
             tally.apply_to(run.counts)
+            if tally.updated_at and (run.progress_at is None or tally.updated_at > run.progress_at):
+                run.progress_at = tally.updated_at
         return run
 
     def get_run(self, run_id: str) -> Run | None:
@@ -310,6 +314,17 @@ class Storage:
         for e in self.runs.query_entities("PartitionKey eq @p", parameters={"p": export_id}, select=["RowKey"]):
             self.runs.delete_entity(export_id, e["RowKey"])
             self.runs.delete_entity(RUN_INDEX_PARTITION, e["RowKey"])
+
+    # --- the timer's heartbeat --------------------------------------------------------------
+
+    def record_tick(self, when: datetime) -> None:
+        self.runs.upsert_entity({"PartitionKey": HEARTBEAT_PARTITION, "RowKey": "timer", "LastTick": when})
+
+    def last_tick(self) -> datetime | None:
+        try:
+            return self.runs.get_entity(HEARTBEAT_PARTITION, "timer")["LastTick"]
+        except ResourceNotFoundError:
+            return None
 
     # --- run locks: one run per export at a time ------------------------------------------------
 

@@ -81,6 +81,17 @@ def handle_batch_message(svc: Services, text: str, dequeue_count: int = 1) -> No
         _give_up(svc, msg, REASON_INTERNAL, f"{type(e).__name__} on the last of {dequeue_count} deliveries")
 
 
+def handle_poison_message(svc: Services, text: str) -> None:
+    """A batch message the host gave up on (it failed on every delivery): account for its batch."""
+    try:
+        msg = json.loads(text)
+        msg["runId"], msg["batch"]
+    except (ValueError, KeyError, TypeError):
+        log.error("unreadable message in the poison queue dropped (%d characters)", len(text))
+        return
+    _give_up(svc, msg, REASON_INTERNAL, "the message failed on every delivery and reached the poison queue")
+
+
 def _commit(svc: Services, batch: Batch, etag: str | None, mutate) -> bool:
     """Write the batch and move the tally in one step; then let the run follow its tally."""
     tally = svc.storage.commit_batch(batch, etag, mutate)

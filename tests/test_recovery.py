@@ -1,0 +1,86 @@
+"""Nothing ends silently: poison messages are accounted, half-finished runs are repaired, stuck runs are visible."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+from azure.functions.queue import QueueMessage
+from azure.functions.timer import TimerRequest
+
+import function_app
+from apphelpers import create_connection, create_export, start_run, wait_for_run
+from conftest import TEST_API_KEY
+from devtools.sample_segment import generate_profiles, write_segment_refresh
+from exporter import config, runs, uploader
+from exporter.domain import RunStatus
+from exporter.local_runner import user_function
+
+plan = user_function(function_app.app, "plan_run")
+plan_poison = user_function(function_app.app, "plan_run_poison")
+upload_poison = user_function(function_app.app, "upload_batch_poison")
+tick = user_function(function_app.app, "export_schedule")
+
+
+def receive(storage, queue_name):
+    q = storage.queue_client(queue_name)
+    for m in q.receive_messages(messages_per_page=1):
+        q.delete_message(m)
+        return m
+    return None
+
+
+def queued_run(services, container, rows=120):
+    write_segment_refresh(container, folder="ci", segment="Seg", profiles=generate_profiles(rows, seed=8, invalid_share=0),
+                          when=datetime.now(timezone.utc) - timedelta(minutes=5))
+    conn = create_connection(TEST_API_KEY)
+    export = create_export(conn["id"], container.container_name, "ci", "Seg")
+    return start_run(export["id"])["runId"]
+
+
+def test_a_poisoned_batch_message_is_counted_as_failed(services, sandbox, segment_container):
+    run_id = queued_run(services, segment_container)
+    m = receive(services.storage, config.QUEUE_RUNS)
+    plan(QueueMessage(id=m.id, body=m.content.encode(), dequeue_count=1))
+    sends = [receive(services.storage, config.QUEUE_BATCHES) for _ in range(2)]
+    for m in sends:  # as if every delivery had failed and the host moved them to the poison queue
+        upload_poison(QueueMessage(id=m.id, body=m.content.encode(), dequeue_count=1))
+    run = services.storage.get_run(run_id)
+    assert run.status is RunStatus.FAILED and run.counts_final
+    assert run.counts.failed_by_reason == {uploader.REASON_INTERNAL: 120}
+    assert run.counts.read == run.counts.accounted == 120
+
+
+def test_a_poisoned_plan_message_fails_the_run_visibly(services, sandbox, segment_container):
+    run_id = queued_run(services, segment_container)
+    m = receive(services.storage, config.QUEUE_RUNS)
+    plan_poison(QueueMessage(id=m.id, body=m.content.encode(), dequeue_count=1))
+    run = services.storage.get_run(run_id)
+    assert run.status is RunStatus.FAILED and "poison" in run.error and run.counts_final
+
+
+def test_the_timer_repairs_a_run_whose_last_worker_died_before_ending_it(services, workers, sandbox, segment_container,
+                                                                       monkeypatch):
+    monkeypatch.setattr(uploader, "settle", lambda *a, **kw: None)  # workers count batches, then "die"
+    run_id = queued_run(services, segment_container, rows=250)
+    deadline = time.monotonic() + 60
+    while not services.storage.get_tally(run_id)[0].complete:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert not services.storage.get_run(run_id).status.is_final  # counted, but nobody ended it
+    tick(TimerRequest(past_due=False))
+    run = wait_for_run(run_id, timeout=5)
+    assert run["status"] == "succeeded" and run["counts"]["confirmed"] == 250
+
+
+def test_a_run_nobody_plans_is_reported_stuck(services, sandbox, segment_container):
+    run_id = queued_run(services, segment_container)  # no workers: the plan message waits forever
+    run = services.storage.get_run(run_id)
+    assert runs.stuck_reason(run, datetime.now(timezone.utc)) is None
+    later = run.progress_at + timedelta(minutes=20)
+    assert "no planner picked it up" in runs.stuck_reason(run, later)
+    services.clock = lambda: later
+    assert [r.id for r in runs.reconcile(services)] == [run_id]
+    tick(TimerRequest(past_due=False))
+    assert services.storage.last_tick() is not None
