@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Callable, Iterable
 
-from . import segments
+from . import config, segments
 from .access import AccessError, Caller, require_admin, require_member, require_use, resolve_caller
-from .domain import Connection, Export, Mapping, Run, RunStatus, Source, MAPPABLE_FIELDS, new_id
+from .domain import MAPPABLE_FIELDS, Connection, Export, Mapping, Run, RunStatus, Source, iso, new_id
 from .omnisend import OmnisendAuthError, OmnisendError, OmnisendUnavailable
-from .runs import RunConflictError, start_run
+from .runs import RetryError, RunConflictError, retry_failed_batches, start_run, stuck_reason
 from .services import Services
 from .validation import BadRequest, Field, length, parse_json, positive, validate
 
@@ -302,8 +303,10 @@ def delete_export(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse
 # --- runs ---------------------------------------------------------------------------------------
 
 
-def _run_body(req: ApiRequest, run: Run) -> dict:
-    return run.to_api(status_url=f"{req.base_url()}/runs/{run.id}")
+def _run_body(req: ApiRequest, run: Run, now=None) -> dict:
+    body = run.to_api(status_url=f"{req.base_url()}/runs/{run.id}")
+    body["stuck"] = stuck_reason(run, now) if now is not None and not run.status.is_final else None
+    return body
 
 
 def start_export_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
@@ -348,12 +351,13 @@ def _get_run(svc: Services, caller: Caller, run_id: str) -> Run:
 
 
 def get_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
-    return ApiResponse(200, _run_body(req, _get_run(svc, caller, req.route_params["id"])))
+    return ApiResponse(200, _run_body(req, _get_run(svc, caller, req.route_params["id"]), svc.clock()))
 
 
 def list_export_runs(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     export = _get_export(svc, caller, req.route_params["id"], "see runs")
-    return ApiResponse(200, {"runs": [_run_body(req, r) for r in svc.storage.list_runs(export.id)]})
+    now = svc.clock()
+    return ApiResponse(200, {"runs": [_run_body(req, r, now) for r in svc.storage.list_runs(export.id)]})
 
 
 def get_run_rejects(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
@@ -381,6 +385,41 @@ def cancel_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     return ApiResponse(202, _run_body(req, run))
 
 
+def retry_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    run = _get_run(svc, caller, req.route_params["id"])
+    try:
+        run, resent = retry_failed_batches(svc, run.id)
+    except RetryError as e:
+        raise Conflict("Cannot retry now", str(e)) from None
+    return ApiResponse(202, {**_run_body(req, run, svc.clock()), "batchesResent": resent})
+
+
+# A timer that has not run for this long is reported (the default schedule fires every 15 minutes).
+TIMER_LATE_AFTER = timedelta(minutes=45)
+
+
 def health(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    """What an operator needs to know at a glance: is the schedule firing, is any run stuck,
+    is anything waiting in a poison queue."""
     require_member(caller)
-    return ApiResponse(200, {"status": "ok"})
+    now = svc.clock()
+    problems: list[str] = []
+    last_tick = svc.storage.last_tick()
+    if last_tick is None or now - last_tick > TIMER_LATE_AFTER:
+        problems.append("The schedule has not run " + ("yet" if last_tick is None else f"since {iso(last_tick)}")
+                        + ": scheduled exports are not starting. Check that the function app is running.")
+    stuck = []
+    for export_id, run_id in svc.storage.locked_runs():
+        run = svc.storage.get_run(run_id)
+        reason = stuck_reason(run, now) if run is not None and not run.status.is_final else None
+        if reason:
+            stuck.append({"runId": run.id, "exportId": export_id, "status": run.status.value, "stuck": reason})
+            problems.append(f"Run {run.id} of export {export_id} is stuck: {reason}.")
+    poison = {q: svc.storage.queue_length(q) for q in (config.QUEUE_RUNS + config.POISON_SUFFIX,
+                                                       config.QUEUE_BATCHES + config.POISON_SUFFIX)}
+    for q, n in poison.items():
+        if n:
+            problems.append(f"{n} message(s) wait in {q}.")
+    body = {"status": "degraded" if problems else "ok", "problems": problems, "lastTimerTick": iso(last_tick),
+            "stuckRuns": stuck, "poisonMessages": poison}
+    return ApiResponse(200, body)

@@ -6,12 +6,13 @@ upload workers report into the same run at the same time.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 from datetime import datetime, timedelta
 
-from .domain import Export, Refresh, Run, RunCounts, RunStatus, Tally
+from .domain import BatchStatus, Export, Refresh, Run, RunCounts, RunStatus, Tally
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,68 @@ def reconcile(svc: Services) -> list[Run]:
             log.warning("run looks stuck: %s", stuck_reason(run, now), extra={"run_id": run.id, "export_id": run.export_id})
             stuck.append(run)
     return stuck
+
+
+class RetryError(RuntimeError):
+    """A run's failed batches cannot be sent again now; the message says why."""
+
+
+def retry_failed_batches(svc: Services, run_id: str) -> tuple[Run, int]:
+    """Send a run's failed batches again: those that were never sent or whose outcome was never learned.
+
+    Batches Omnisend processed keep their per-item results (resending a contact Omnisend rejected
+    would fail the same way). The run opens again: its failed counts go back to in-flight, it holds
+    its export's lock, and it ends like any run when the resent batches are counted.
+    """
+    run = svc.storage.get_run(run_id)
+    if run is None:
+        raise KeyError(run_id)
+    if not run.status.is_final:
+        raise RetryError(f"Run {run_id} is still {run.status.value}; retry its failed batches once it has ended.")
+    # FAILED: give-ups and unknown outcomes; QUEUED: put back by a retry that was interrupted
+    candidates = [b.number for b in svc.storage.list_batches(run_id)
+                  if b.status in (BatchStatus.FAILED, BatchStatus.QUEUED)]
+    if not candidates:
+        return run, 0
+    holder = svc.storage.claim_export(run.export_id, run.id, lambda other: other != run.id and _is_active(svc, other))
+    if holder is not None:
+        raise RetryError(f"Export {run.export_id} has run {holder} in progress; retry after it ends.")
+    payloads = []
+    for number in candidates:  # first take them out of the counts: the run cannot look complete meanwhile
+        found = svc.storage.get_batch(run_id, number)
+        if found is None:
+            continue
+        batch, etag = found
+        if batch.status is BatchStatus.QUEUED:
+            payloads.append(batch.payload)
+            continue
+        if batch.status is not BatchStatus.FAILED:
+            continue
+        by_reason, was_accepted, size = batch.failed_by_reason(), batch.omnisend_batch_id is not None, batch.size
+        batch.status, batch.failures, batch.failed, batch.confirmed, batch.error = BatchStatus.QUEUED, [], 0, 0, None
+
+        def uncount(t: Tally, by_reason=by_reason, was_accepted=was_accepted, size=size) -> None:
+            t.add_failures({reason: -n for reason, n in by_reason.items()})
+            t.failed_by_reason = {k: v for k, v in t.failed_by_reason.items() if v}
+            t.batches_done -= 1
+            t.batches_sent -= 1
+            if was_accepted:
+                t.sent -= size
+
+        if svc.storage.commit_batch(batch, etag, uncount) is not None:
+            payloads.append(batch.payload)
+
+    def reopen(r: Run):
+        r.status = RunStatus.UPLOADING
+        r.finished_at = None
+        r.error = None
+        r.counts_final = False
+
+    svc.storage.update_run(run_id, reopen)
+    for payload in payloads:
+        svc.storage.send_batch_message(json.dumps({"type": "send", **payload}, separators=(",", ":")))
+    log.info("retrying %d failed batches", len(payloads), extra={"run_id": run_id, "export_id": run.export_id})
+    return svc.storage.get_run(run_id), len(payloads)
 
 
 def fail_run(svc: Services, run_id: str, error: str) -> Run:

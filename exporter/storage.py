@@ -497,6 +497,13 @@ class Storage:
 
     # --- queues ------------------------------------------------------------------------------
 
+    def queue_length(self, name: str) -> int:
+        """Approximate number of messages in a queue (0 when it does not exist)."""
+        try:
+            return self.queue_client(name).get_queue_properties().approximate_message_count or 0
+        except ResourceNotFoundError:
+            return 0
+
     def send_run_message(self, body: dict) -> None:
         self.run_queue.send_message(json.dumps(body, separators=(",", ":")))
 

@@ -84,3 +84,39 @@ def test_a_run_nobody_plans_is_reported_stuck(services, sandbox, segment_contain
     assert [r.id for r in runs.reconcile(services)] == [run_id]
     tick(TimerRequest(past_due=False))
     assert services.storage.last_tick() is not None
+
+
+def test_retry_sends_the_failed_batches_again(services, workers, sandbox, segment_container, monkeypatch):
+    from apphelpers import call
+
+    monkeypatch.setattr(uploader, "_backoff", lambda attempt, **kw: 0.1)
+    sandbox.faults.force_status(503, count=uploader.MAX_SEND_ATTEMPTS, route="POST /batches")
+    run_id = queued_run(services, segment_container, rows=80)  # one batch, which exhausts its tries
+    first = wait_for_run(run_id)
+    assert first["status"] == "failed" and first["counts"]["failed"] == 80
+    assert call("run_retry", "POST", "", route_params={"id": "nope"})[0] == 404
+
+    status, body, _ = call("run_retry", "POST", "", route_params={"id": run_id})
+    assert status == 202 and body["batchesResent"] == 1 and body["status"] == "uploading"
+    again = wait_for_run(run_id)
+    c = again["counts"]
+    assert again["status"] == "succeeded" and c["confirmed"] == 80 and c["failed"] == 0 and c["failedByReason"] == {}
+    assert c["sent"] == 80 and c["batchesSent"] == c["batchesDone"] == c["batches"] == 1
+    assert len(sandbox.contacts("brand-test")) == 80
+    status, body, _ = call("run_retry", "POST", "", route_params={"id": run_id})
+    assert status == 202 and body["batchesResent"] == 0  # nothing left to retry
+
+
+def test_health_reports_a_missing_timer_and_stuck_runs(services, sandbox, segment_container):
+    from apphelpers import call
+
+    status, body, _ = call("health", "GET", "health")
+    assert status == 200 and body["status"] == "degraded" and "schedule has not run" in body["problems"][0]
+    tick(TimerRequest(past_due=False))
+    assert call("health", "GET", "health")[1]["status"] == "ok"
+    run_id = queued_run(services, segment_container)
+    later = services.storage.get_run(run_id).progress_at + timedelta(minutes=20)
+    services.clock = lambda: later
+    body = call("health", "GET", "health")[1]
+    assert body["status"] == "degraded" and body["stuckRuns"][0]["runId"] == run_id
+    assert call("run", "GET", "", route_params={"id": run_id})[1]["stuck"].startswith("queued for 20 minutes")
