@@ -2,15 +2,16 @@
 
 Omnisend allows 400 requests a minute per brand (sliding window; the tags endpoints 60), counting
 every request, polling included. Reacting to 429s wastes requests and stalls workers, so requests are
-paced before they are sent, with the generic cell rate algorithm (GCRA): each connection has one
-"theoretical arrival time" (TAT) in Table Storage, and each request reserves the next slot by moving
-it on by one interval under the entity's ETag. A worker then waits for its slot; when that wait would
-be long it does not sleep but raises ``OmnisendRateLimited``, so its message is put back on the queue
-with that delay.
+paced before they are sent, with the same rule Omnisend applies: a sliding-window log. Each connection
+has one entity in Table Storage holding the times reserved in the last window; a request reserves the
+earliest time at which the window holds fewer than the limit, under the entity's ETag. A small export
+therefore goes at full speed, and a large one at exactly the budget. A worker then waits for its slot;
+when that wait would be long it does not sleep but raises ``OmnisendRateLimited``, so its message goes
+back on the queue with that delay.
 
-Aiming a little under the limit (``TARGET_SHARE``) with a burst of 1/60 of the window (one second of
-a minute) keeps every sliding window under the limit: at most 0.95 * (61/60) * limit + 1 requests,
-about 97% of it, at any window length.
+Reservations aim a little under the limit (``TARGET_SHARE``) and the window is taken a little longer
+(``WINDOW_MARGIN``), so network jitter and clock differences between instances do not tip a window
+over Omnisend's count.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import logging
 import random
 import time
+from array import array
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,8 +32,8 @@ from .omnisend import OmnisendRateLimited
 
 log = logging.getLogger(__name__)
 
-TARGET_SHARE = 0.95  # of the limit, to stay below it in every window
-BURST_SHARE = 1 / 60  # of the window: requests may run this far ahead of the steady pace
+TARGET_SHARE = 0.97  # of the limit
+WINDOW_MARGIN = 0.5  # seconds added to the window
 MAX_SLEEP_SECONDS = 5.0  # longer waits go back to the queue instead of holding a worker
 TAGS_PATH = "contacts/tags"
 PARTITION = "omnisend"
@@ -42,12 +45,12 @@ class Budget:
     window_seconds: float
 
     @property
-    def interval(self) -> float:
-        return self.window_seconds / (self.per_window * TARGET_SHARE)
+    def allowed(self) -> int:
+        return max(1, int(self.per_window * TARGET_SHARE))
 
     @property
-    def burst(self) -> float:
-        return self.window_seconds * BURST_SHARE
+    def window(self) -> float:
+        return self.window_seconds + WINDOW_MARGIN
 
 
 class RateLimiter:
@@ -76,15 +79,22 @@ class RateLimiter:
         for attempt in range(200):
             entity, etag = self._get(key)
             now = self.clock()
-            tat = max(float(entity.get("Tat", 0.0)), now)
-            wait = tat - budget.burst - now
+            times = array("d")
+            times.frombytes(entity.get("Times") or b"")
+            cut = bisect_right(times, now - budget.window)  # what left the window
+            times = times[cut:]
+            slot = max(now, times[-1] if times else now)  # slots only move forward
+            if len(times) >= budget.allowed:
+                slot = max(slot, times[len(times) - budget.allowed] + budget.window)
+            wait = slot - now
             if wait > MAX_SLEEP_SECONDS:
                 # nothing reserved: come back later, when the slot will be near
                 raise OmnisendRateLimited(
                     f"Pacing requests to Omnisend: this connection's budget is spoken for the next {wait:.0f}s.",
                     retry_after=wait - MAX_SLEEP_SECONDS / 2,
                 )
-            updated = {"PartitionKey": PARTITION, "RowKey": key, "Tat": tat + budget.interval}
+            times.append(slot)
+            updated = {"PartitionKey": PARTITION, "RowKey": key, "Times": times[-budget.allowed:].tobytes()}
             try:
                 if etag is None:
                     self.table.create_entity(updated)

@@ -100,7 +100,7 @@ def conclude(run: Run, now: datetime) -> None:
             f"({c.rejected} rejected, {c.duplicates} duplicates, {c.confirmed} confirmed, {c.failed} failed, "
             f"{c.skipped} skipped). Do not trust this run; report it.",
         )
-    elif c.failed == 0 and c.rejected == 0:
+    elif c.failed == 0 and c.rejected == 0 and c.tag_failures == 0:
         _finish(run, RunStatus.SUCCEEDED, now)
     elif c.confirmed + c.skipped > 0:
         _finish(run, RunStatus.PARTIALLY_SUCCEEDED, now)
@@ -108,30 +108,56 @@ def conclude(run: Run, now: datetime) -> None:
         _finish(run, RunStatus.FAILED, now, run.error or "No contact of the segment reached Omnisend; see the report.")
 
 
-def settle(svc: Services, run_id: str, tally: Tally) -> Run | None:
-    """After the tally moved: verifying once every batch is sent; ended once every batch is counted.
+def _no_tags(t: Tally) -> None:
+    if t.tags_planned == -1:
+        t.tags_planned = 0
 
-    Safe to call any number of times, from any worker: it changes the run only when the tally says so.
+
+def settle(svc: Services, run_id: str, tally: Tally) -> Run | None:
+    """Move a run on from what its tally says; safe to call any number of times, from any worker.
+
+    uploading -> verifying once every contact batch is sent; once every contact and untag batch is
+    counted, an active run gets its tag batches planned, and when those are counted too its new
+    membership state is written and it ends. A run already ended (cancelled, failed) just has its
+    counts made final once everything in flight drained.
     """
-    if tally.planned < 0 or (not tally.complete and tally.batches_sent < tally.planned):
+    if tally.planned < 0:
         return None
+    if not (tally.complete and tally.untags_done >= tally.untags_planned):
+        if tally.batches_sent < tally.planned:
+            return None
+
+        def verifying(run: Run):
+            if run.status is not RunStatus.UPLOADING:
+                return False
+            run.status = RunStatus.VERIFYING
+
+        return svc.storage.update_run(run_id, verifying)
+    run = svc.storage.get_run(run_id)
+    if run is None or (run.status.is_final and run.counts_final):
+        return run
+    if not run.status.is_final:
+        from .finalizer import request_tags, write_state
+
+        if tally.tags_planned == -1 and tally.confirmed == 0:
+            tally = svc.storage.update_tally(run_id, _no_tags)  # nothing confirmed: nothing to tag
+        if tally.tags_planned < 0:
+            if tally.tags_planned == -1:
+                request_tags(svc, run_id)
+            return run
+        if not tally.tags_complete:
+            return run
+        write_state(svc, run)
 
     def mutate(run: Run):
-        if tally.complete:
-            if run.counts_final and run.status.is_final:
-                return False
-            if not run.status.is_final:
-                conclude(run, svc.clock())
-            run.counts_final = True
-            return None
-        if run.status is RunStatus.UPLOADING:
-            run.status = RunStatus.VERIFYING
-            return None
-        return False
+        if run.counts_final and run.status.is_final:
+            return False
+        if not run.status.is_final:
+            conclude(run, svc.clock())
+        run.counts_final = True
 
     run = svc.storage.update_run(run_id, mutate)
-    if run.status.is_final and run.counts_final:
-        log.info("run ended %s", run.status.value, extra={"run_id": run.id, "export_id": run.export_id})
+    log.info("run ended %s", run.status.value, extra={"run_id": run.id, "export_id": run.export_id})
     return run
 
 
@@ -167,6 +193,8 @@ def reconcile(svc: Services) -> list[Run]:
         if run is None or (run.status.is_final and run.counts_final):
             continue
         tally, _ = svc.storage.get_tally(run_id)
+        if tally.tags_planned == -2 and run.progress_at and now - run.progress_at > timedelta(minutes=2):
+            svc.storage.send_run_message({"type": "tags", "runId": run_id})  # its planner died: ask again
         run = settle(svc, run_id, tally) or run
         if not run.status.is_final and stuck_reason(run, now):
             log.warning("run looks stuck: %s", stuck_reason(run, now), extra={"run_id": run.id, "export_id": run.export_id})

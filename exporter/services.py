@@ -13,6 +13,7 @@ from typing import Callable
 
 from .config import Settings, load_settings
 from .domain import Connection, utcnow
+from .membership import StateStore
 from .omnisend import OmnisendClient
 from .ratelimit import Budget, RateLimiter
 from .secrets import SecretStore, secret_store_from_settings
@@ -42,6 +43,10 @@ class Services:
                 pacer=self.limiter.pacer(connection.id) if self.limiter else None,
             )
         return client
+
+    @property
+    def states(self) -> StateStore:
+        return StateStore(self.storage.artifacts)
 
     def omnisend_with_key(self, api_key: str) -> OmnisendClient:
         """A one-off client for a key that is not stored yet (the connect check)."""

@@ -228,6 +228,7 @@ class Storage:
             "RefreshFolder": r.refresh_folder or "",
             "RefreshFingerprint": r.refresh_fingerprint or "",
             "CountsFinal": r.counts_final,
+            "Full": r.full,
         }
 
     @staticmethod
@@ -246,6 +247,7 @@ class Storage:
             refresh_folder=e.get("RefreshFolder") or None,
             refresh_fingerprint=e.get("RefreshFingerprint") or None,
             counts_final=bool(e.get("CountsFinal", False)),
+            full=bool(e.get("Full", False)),
             progress_at=e.metadata.get("timestamp"),
         )
 
@@ -366,9 +368,13 @@ class Storage:
     # batch and counting it is one entity-group transaction: a worker killed at any point leaves
     # either both changes or neither.
 
-    @staticmethod
-    def _batch_key(number: int) -> str:
-        return f"{number:07d}"
+    # row keys: contacts "0000001" (digits sort first), tags "t0000001", untags "u0000001"
+    _PREFIX = {"contacts": "", "tags": "t", "untags": "u"}
+    _RANGE = {"contacts": ("0", "a"), "tags": ("t", "u"), "untags": ("u", "v")}
+
+    @classmethod
+    def _batch_key(cls, number: int, kind: str = "contacts") -> str:
+        return f"{cls._PREFIX[kind]}{number:07d}"
 
     @staticmethod
     def _pack(value) -> bytes:
@@ -380,9 +386,12 @@ class Storage:
 
     def _batch(self, run_id: str, e) -> Batch:
         failures = self._unpack(e.get("Failures")) or []
+        key = e["RowKey"]
+        kind = {"t": "tags", "u": "untags"}.get(key[0], "contacts")
         return Batch(
             run_id=run_id,
-            number=int(e["RowKey"]),
+            kind=kind,
+            number=int(key.lstrip("tu")),
             size=e["Size"],
             status=BatchStatus(e["Status"]),
             omnisend_batch_id=e.get("OmnisendBatchId") or None,
@@ -397,7 +406,7 @@ class Storage:
     def _batch_entity(self, batch: Batch) -> dict:
         return {
             "PartitionKey": batch.run_id,
-            "RowKey": self._batch_key(batch.number),
+            "RowKey": self._batch_key(batch.number, batch.kind),
             "Size": batch.size,
             "Status": batch.status.value,
             "OmnisendBatchId": batch.omnisend_batch_id or "",
@@ -409,17 +418,18 @@ class Storage:
             "Failures": self._pack([[f.index, f.reason, f.detail[:500]] for f in batch.failures]),
         }
 
-    def get_batch(self, run_id: str, number: int) -> tuple[Batch, str] | None:
+    def get_batch(self, run_id: str, number: int, kind: str = "contacts") -> tuple[Batch, str] | None:
         """The batch and its ETag, or None when no worker has recorded it yet."""
         try:
-            e = self.batches.get_entity(run_id, self._batch_key(number))
+            e = self.batches.get_entity(run_id, self._batch_key(number, kind))
         except ResourceNotFoundError:
             return None
         return self._batch(run_id, e), e.metadata["etag"]
 
-    def list_batches(self, run_id: str, failed_only: bool = False) -> Iterator[Batch]:
-        query = "PartitionKey eq @p and RowKey lt '~'" + (" and Failed gt 0" if failed_only else "")
-        for e in self.batches.query_entities(query, parameters={"p": run_id}):
+    def list_batches(self, run_id: str, failed_only: bool = False, kind: str = "contacts") -> Iterator[Batch]:
+        lo, hi = self._RANGE[kind]
+        query = "PartitionKey eq @p and RowKey ge @lo and RowKey lt @hi" + (" and Failed gt 0" if failed_only else "")
+        for e in self.batches.query_entities(query, parameters={"p": run_id, "lo": lo, "hi": hi}):
             yield self._batch(run_id, e)
 
     @staticmethod
@@ -427,12 +437,18 @@ class Storage:
         data = json.loads(e.get("Counts") or "{}")
         return Tally(
             planned=e.get("Planned", -1),
+            untags_planned=data.get("untagsPlanned", 0),
+            untags_done=data.get("untagsDone", 0),
+            tags_planned=data.get("tagsPlanned", -1),
+            tags_done=data.get("tagsDone", 0),
+            tagged=data.get("tagged", 0),
+            untagged=data.get("untagged", 0),
+            tag_failures=data.get("tagFailures", 0),
             sent=data.get("sent", 0),
             batches_sent=data.get("batchesSent", 0),
             confirmed=data.get("confirmed", 0),
             failed=data.get("failed", 0),
             failed_by_reason=data.get("failedByReason", {}),
-            skipped=data.get("skipped", 0),
             batches_done=data.get("batchesDone", 0),
             updated_at=e.metadata.get("timestamp"),
         )
@@ -440,7 +456,9 @@ class Storage:
     @staticmethod
     def _tally_entity(run_id: str, t: Tally) -> dict:
         counts = {"sent": t.sent, "batchesSent": t.batches_sent, "confirmed": t.confirmed, "failed": t.failed,
-                  "failedByReason": t.failed_by_reason, "skipped": t.skipped, "batchesDone": t.batches_done}
+                  "failedByReason": t.failed_by_reason, "batchesDone": t.batches_done,
+                  "untagsPlanned": t.untags_planned, "untagsDone": t.untags_done, "tagsPlanned": t.tags_planned,
+                  "tagsDone": t.tags_done, "tagged": t.tagged, "untagged": t.untagged, "tagFailures": t.tag_failures}
         return {"PartitionKey": run_id, "RowKey": TALLY_KEY, "Planned": t.planned, "Counts": json.dumps(counts)}
 
     def get_tally(self, run_id: str) -> tuple[Tally, str | None]:

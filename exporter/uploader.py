@@ -72,13 +72,22 @@ def handle_batch_message(svc: Services, text: str, dequeue_count: int = 1) -> No
             _send(svc, msg, ctx)
         elif msg.get("type") == "check":
             _check(svc, msg, ctx)
+        elif msg.get("type") in ("tags", "untags"):
+            _tags(svc, msg, ctx)
         else:
             log.error("unknown batch message type %r dropped", msg.get("type"), extra=ctx)
     except Exception as e:  # noqa: BLE001 - the last delivery must account for the batch, not vanish
         if dequeue_count < MAX_DEQUEUE_COUNT:
             raise
         log.exception("batch failed on its last delivery", extra=ctx)
-        _give_up(svc, msg, REASON_INTERNAL, f"{type(e).__name__} on the last of {dequeue_count} deliveries")
+        _give_up_any(svc, msg, REASON_INTERNAL, f"{type(e).__name__} on the last of {dequeue_count} deliveries")
+
+
+def _give_up_any(svc: Services, msg: dict, reason: str, detail: str) -> None:
+    if msg.get("type") in ("tags", "untags"):
+        _tags_failed(svc, msg, detail)
+    else:
+        _give_up(svc, msg, reason, detail)
 
 
 def handle_poison_message(svc: Services, text: str) -> None:
@@ -89,7 +98,7 @@ def handle_poison_message(svc: Services, text: str) -> None:
     except (ValueError, KeyError, TypeError):
         log.error("unreadable message in the poison queue dropped (%d characters)", len(text))
         return
-    _give_up(svc, msg, REASON_INTERNAL, "the message failed on every delivery and reached the poison queue")
+    _give_up_any(svc, msg, REASON_INTERNAL, "the message failed on every delivery and reached the poison queue")
 
 
 def _commit(svc: Services, batch: Batch, etag: str | None, mutate) -> bool:
@@ -299,3 +308,81 @@ def _give_up(svc: Services, msg: dict, reason: str, detail: str) -> None:
 
     if _commit(svc, batch, found[1] if found else None, counted):
         log.warning("batch given up: %s (%s)", reason, detail, extra={"run_id": msg["runId"], "batch": msg["batch"]})
+
+
+# --- membership tags ------------------------------------------------------------------------------
+
+
+def _tags(svc: Services, msg: dict, ctx: dict) -> None:
+    """Add (``tags``) or remove (``untags``) the export's membership tag for up to 250 emails."""
+    kind = msg["type"]
+    found = svc.storage.get_batch(msg["runId"], msg["batch"], kind)
+    if found is not None and found[0].status.is_final:
+        return
+    run = svc.storage.get_run(msg["runId"])
+    if run is None:
+        return
+    if run.status.is_final:
+        _tags_failed(svc, msg, f"not sent: the run was {run.status.value}")
+        return
+    connection = svc.storage.get_connection(msg["connectionId"])
+    if connection is None:
+        _tags_failed(svc, msg, "not sent: the connection was removed")
+        return
+    try:
+        client = svc.omnisend(connection)
+        if kind == "tags":
+            client.add_tags([msg["tag"]], msg["emails"])
+        else:
+            client.remove_tags([msg["tag"]], msg["emails"])
+    except OmnisendRateLimited as e:
+        svc.storage.send_batch_message(_dumps(msg), delay_seconds=e.retry_after + random.uniform(0, 1))
+        return
+    except OmnisendUnavailable as e:
+        attempt = msg.get("attempt", 0) + 1
+        if attempt >= MAX_SEND_ATTEMPTS:
+            _tags_failed(svc, msg, f"Omnisend unavailable after {attempt} attempts: {e}")
+            return
+        svc.storage.send_batch_message(_dumps({**msg, "attempt": attempt}), delay_seconds=_backoff(attempt))
+        return
+    except OmnisendAuthError:
+        fail_run(svc, msg["runId"], auth_error_message(svc, msg["connectionId"]))
+        _tags_failed(svc, msg, "Omnisend rejected the API key")
+        return
+    except (OmnisendError, SecretStoreError) as e:
+        _tags_failed(svc, msg, str(e))
+        return
+    size = len(msg["emails"])
+    batch = Batch(run_id=msg["runId"], number=msg["batch"], size=size, kind=kind, status=BatchStatus.FINISHED,
+                  confirmed=size, payload={"tag": msg["tag"], "emails": msg["emails"]})
+
+    def done(t: Tally) -> None:
+        if kind == "tags":
+            t.tags_done += 1
+            t.tagged += size
+        else:
+            t.untags_done += 1
+            t.untagged += size
+
+    _commit(svc, batch, found[1] if found else None, done)
+
+
+def _tags_failed(svc: Services, msg: dict, detail: str) -> None:
+    """A tag batch that will not be done: its members stay out of the state, so the next run redoes them."""
+    kind = msg["type"]
+    found = svc.storage.get_batch(msg["runId"], msg["batch"], kind)
+    if found is not None and found[0].status.is_final:
+        return
+    size = len(msg["emails"])
+    batch = Batch(run_id=msg["runId"], number=msg["batch"], size=size, kind=kind, status=BatchStatus.FAILED,
+                  failed=size, error=detail, payload={"tag": msg["tag"], "emails": msg["emails"]})
+
+    def failed(t: Tally) -> None:
+        t.tag_failures += size
+        if kind == "tags":
+            t.tags_done += 1
+        else:
+            t.untags_done += 1
+
+    if _commit(svc, batch, found[1] if found else None, failed):
+        log.warning("%s batch failed: %s", kind, detail, extra={"run_id": msg["runId"], "batch": msg["batch"]})

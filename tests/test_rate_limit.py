@@ -25,18 +25,20 @@ class FakeClock:
         return self.now
 
 
-def test_reservations_are_spaced_by_the_budget_and_long_waits_go_back_to_the_queue(services, unique):
+def test_a_window_allows_its_budget_at_once_then_slots_open_as_old_requests_leave_it(services, unique):
     table = services.storage.tables.create_table(f"rl{unique}")
     clock = FakeClock()
     budget = Budget(LIMIT, WINDOW)
     limiter = RateLimiter(table, budget, Budget(6, WINDOW), clock=clock, sleep=lambda s: None)
-    waits = [limiter.reserve("conn", budget) for _ in range(30)]
-    burst = [w for w in waits if w == 0]
-    assert len(burst) == int(budget.burst / budget.interval) + 1  # a small burst, then paced
-    paced = waits[len(burst):]
-    assert all(b - a == pytest.approx(budget.interval) for a, b in zip(paced, paced[1:]))
+    start = clock.now
+    assert [limiter.reserve("conn", budget) for _ in range(budget.allowed)] == [0.0] * budget.allowed
+    assert budget.allowed < LIMIT  # a little under Omnisend's count
+    clock.now += 2.0
+    # the window is full: the next slot opens when the first request leaves it
+    assert limiter.reserve("conn", budget) == pytest.approx(start + budget.window - clock.now)
+    clock.now += 3.0
     with pytest.raises(OmnisendRateLimited) as e:
-        for _ in range(200):
+        for _ in range(budget.allowed):
             limiter.reserve("conn", budget)
     assert e.value.retry_after > 0
     clock.now += 60
@@ -45,14 +47,40 @@ def test_reservations_are_spaced_by_the_budget_and_long_waits_go_back_to_the_que
     services.storage.tables.delete_table(f"rl{unique}")
 
 
+def test_no_window_ever_holds_more_than_the_budget(services, unique):
+    table = services.storage.tables.create_table(f"rl{unique}")
+    clock = FakeClock()
+    budget = Budget(LIMIT, WINDOW)
+    limiter = RateLimiter(table, budget, Budget(6, WINDOW), clock=clock, sleep=lambda s: None)
+    sent = []
+    import random as _random
+
+    rnd = _random.Random(3)
+    while len(sent) < 300:
+        clock.now += rnd.uniform(0, 0.3)
+        try:
+            sent.append(clock.now + limiter.reserve("conn", budget))
+        except OmnisendRateLimited:
+            pass
+    sent.sort()
+    for i, t in enumerate(sent):  # every window of Omnisend's length, however placed
+        in_window = sum(1 for u in sent[i:] if u < t + WINDOW)
+        assert in_window <= LIMIT
+    services.storage.tables.delete_table(f"rl{unique}")
+
+
 def test_tags_requests_spend_the_tags_budget_too(services, unique):
     table = services.storage.tables.create_table(f"rl{unique}")
     slept = []
-    limiter = RateLimiter(table, Budget(LIMIT, WINDOW), Budget(6, WINDOW), clock=FakeClock(), sleep=slept.append)
+    tags = Budget(3, 2)  # two tag requests per 2.5 s window, after the safety margins
+    limiter = RateLimiter(table, Budget(LIMIT, WINDOW), tags, clock=FakeClock(), sleep=slept.append)
     pace = limiter.pacer("c1")
-    for _ in range(4):
+    for _ in range(3):
         pace("contacts/tags")
-    assert slept and max(slept) <= MAX_SLEEP_SECONDS  # 6 per window: the tags budget makes them wait
+    assert slept == [pytest.approx(tags.window)] and tags.window <= MAX_SLEEP_SECONDS  # the third one waits
+    for _ in range(10):
+        pace("contacts")  # other requests are not held by the tags budget
+    assert len(slept) == 1
     services.storage.tables.delete_table(f"rl{unique}")
 
 

@@ -68,10 +68,13 @@ def test_the_timer_repairs_a_run_whose_last_worker_died_before_ending_it(service
     while not services.storage.get_tally(run_id)[0].complete:
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert not services.storage.get_run(run_id).status.is_final  # counted, but nobody ended it
+    time.sleep(1)
+    stalled = services.storage.get_run(run_id)
+    assert not stalled.status.is_final and services.storage.get_tally(run_id)[0].tags_planned == -1  # nobody moved it on
+    monkeypatch.undo()  # the workers that are left are healthy
     tick(TimerRequest(past_due=False))
-    run = wait_for_run(run_id, timeout=5)
-    assert run["status"] == "succeeded" and run["counts"]["confirmed"] == 250
+    run = wait_for_run(run_id, timeout=30)
+    assert run["status"] == "succeeded" and run["counts"]["confirmed"] == 250 and run["counts"]["tagged"] == 250
 
 
 def test_a_run_nobody_plans_is_reported_stuck(services, sandbox, segment_container):

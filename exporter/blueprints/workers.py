@@ -6,7 +6,7 @@ import json
 
 import azure.functions as func
 
-from .. import config, planner, uploader
+from .. import config, finalizer, planner, uploader
 from ..services import get_services
 
 bp = func.Blueprint()
@@ -15,7 +15,10 @@ bp = func.Blueprint()
 @bp.queue_trigger(arg_name="msg", queue_name=config.QUEUE_RUNS, connection="AzureWebJobsStorage")
 def plan_run(msg: func.QueueMessage) -> None:
     body = json.loads(msg.get_body())
-    planner.plan_run(get_services(), body["runId"], redelivered=(msg.dequeue_count or 1) > 1)
+    if body.get("type") == "tags":  # a run's contacts are counted: plan its membership tags
+        finalizer.plan_tags(get_services(), body["runId"])
+    else:
+        planner.plan_run(get_services(), body["runId"], redelivered=(msg.dequeue_count or 1) > 1)
 
 
 @bp.queue_trigger(arg_name="msg", queue_name=config.QUEUE_BATCHES, connection="AzureWebJobsStorage")
