@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 from . import config, segments
 from .access import AccessError, Caller, require_admin, require_member, require_use, resolve_caller
-from .domain import MAPPABLE_FIELDS, Connection, Export, Mapping, Run, RunStatus, Source, iso, new_id
+from .domain import MAPPABLE_FIELDS, TAG_PATTERN, Connection, Consent, Export, Mapping, Run, RunStatus, Source, iso, new_id
 from .omnisend import OmnisendAuthError, OmnisendError, OmnisendUnavailable
 from .runs import RetryError, RunConflictError, retry_failed_batches, start_run, stuck_reason
 from .services import Services
@@ -186,6 +186,12 @@ def delete_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiResp
 # --- exports ------------------------------------------------------------------------------------
 
 _column = length(1, 256)
+
+
+def _values(values: list) -> str | None:
+    if not values or not all(isinstance(v, str) and v.strip() for v in values) or len(values) > 20:
+        return "must be a list of 1 to 20 non-empty strings"
+    return None
 EXPORT_SPEC = (
     Field("name", str, required=True, check=length(1, 100)),
     Field("connectionId", str, required=True, check=length(1, 64)),
@@ -198,6 +204,15 @@ EXPORT_SPEC = (
         Field(api, str, required=(api == "email"), check=_column) for api, _ in MAPPABLE_FIELDS
     )),
     Field("enabled", bool),
+    Field("tag", str, check=lambda v: None if TAG_PATTERN.match(v) else
+          "must be 1 to 128 letters, digits, spaces, '_' or '-' (what Omnisend accepts in a tag)"),
+    Field("consent", dict, children=(
+        Field("column", str, required=True, check=_column),
+        Field("subscribedValues", list, check=_values),
+        Field("unsubscribedValues", list, check=_values),
+        Field("changedAtColumn", str, check=_column),
+    )),
+    Field("sendWelcomeMessage", bool),
 )
 
 
@@ -210,8 +225,9 @@ def _usable_connection(svc: Services, caller: Caller, connection_id: str, action
     return conn
 
 
-def _check_source(svc: Services, source: Source, mapping: Mapping) -> list[str]:
+def _check_source(svc: Services, export: Export) -> list[str]:
     """Validate the mapping against the segment's schema; returns notices for the caller."""
+    source = export.source
     container = svc.storage.segment_blobs.get_container_client(source.container)
     try:
         refresh = segments.find_latest_refresh(container, source.folder, source.segment)
@@ -226,13 +242,23 @@ def _check_source(svc: Services, source: Source, mapping: Mapping) -> list[str]:
         raise BadRequest("The request has invalid fields.",
                          [{"field": "source", "code": "unreadable", "message": str(e)}]) from None
     errors = [
-        {"field": f"mapping.{api}", "code": "unknown_column",
+        {"field": api if api.startswith("consent.") else f"mapping.{api}", "code": "unknown_column",
          "message": f"column {column!r} is not in the segment; available columns: {', '.join(schema.columns)}"}
-        for api, column in mapping.columns().items() if column not in schema.columns
+        for api, column in _mapped_columns(export).items() if column not in schema.columns
     ]
     if errors:
         raise BadRequest("The mapping names columns the segment does not have.", errors)
     return []
+
+
+def _mapped_columns(export: Export) -> dict[str, str]:
+    """Every column the export reads, by the field that names it (as errors name it)."""
+    columns = dict(export.mapping.columns())
+    if export.consent:
+        columns["consent.column"] = export.consent.column
+        if export.consent.changed_at_column:
+            columns["consent.changedAtColumn"] = export.consent.changed_at_column
+    return columns
 
 
 def _get_export(svc: Services, caller: Caller, export_id: str, action: str) -> Export:
@@ -258,6 +284,9 @@ def _export_from(data: dict, export_id: str, created_at, now) -> Export:
         enabled=data.get("enabled", True),
         created_at=created_at,
         updated_at=now,
+        tag=data.get("tag"),
+        consent=Consent.from_api(data.get("consent")),
+        send_welcome_message=data.get("sendWelcomeMessage", False),
     )
 
 
@@ -267,7 +296,7 @@ def create_export(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse
     _usable_connection(svc, caller, data["connectionId"], "create exports")
     now = svc.clock()
     export = _export_from(data, new_id(), now, now)
-    notices = _check_source(svc, export.source, export.mapping)
+    notices = _check_source(svc, export)
     svc.storage.put_export(export)  # saving never starts a run
     return ApiResponse(201, {**export.to_api(), "notices": notices},
                        headers={"Location": f"{req.base_url()}/exports/{export.id}"})
@@ -289,7 +318,7 @@ def update_export(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse
     data = validate(req.json(), EXPORT_SPEC)
     _usable_connection(svc, caller, data["connectionId"], "use")
     export = _export_from(data, current.id, current.created_at, svc.clock())
-    notices = _check_source(svc, export.source, export.mapping)
+    notices = _check_source(svc, export)
     svc.storage.put_export(export)
     return ApiResponse(200, {**export.to_api(), "notices": notices})
 
@@ -297,6 +326,7 @@ def update_export(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse
 def delete_export(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     export = _get_export(svc, caller, req.route_params["id"], "delete")
     svc.storage.delete_export(export.id)
+    svc.states.delete(export.id)  # its membership state describes nothing any more
     return ApiResponse(204)
 
 
@@ -329,8 +359,9 @@ def start_export_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiRespo
         raise Conflict("Refresh still being written",
                        f"The latest refresh {refresh.folder} changed at {refresh.last_modified:%H:%M:%S} UTC and is "
                        f"treated as still being written for {settle}s. Try again in a few minutes.")
+    full = req.query.get("full", "").lower() in ("true", "1", "yes")
     try:
-        run = start_run(svc, export, "manual", refresh)
+        run = start_run(svc, export, "manual", refresh, full=full)
     except RunConflictError as e:
         raise Conflict("Run in progress", str(e), {"activeRunId": e.active.id}) from None
     body = _run_body(req, run)

@@ -54,7 +54,7 @@ def last_succeeded_run(svc: Services, export_id: str) -> Run | None:
     return None
 
 
-def start_run(svc: Services, export: Export, trigger: str, refresh: Refresh | None = None) -> Run:
+def start_run(svc: Services, export: Export, trigger: str, refresh: Refresh | None = None, full: bool = False) -> Run:
     """Record a queued run and hand it to the planner queue. Never plans inline (HTTP must answer fast).
 
     One run per export at a time: the export's lock names its run, and only an ended run's lock
@@ -70,6 +70,7 @@ def start_run(svc: Services, export: Export, trigger: str, refresh: Refresh | No
         created_at=svc.clock(),
         refresh_folder=refresh.folder if refresh else None,
         refresh_fingerprint=refresh.fingerprint if refresh else None,
+        full=full,
     )
     holder = svc.storage.claim_export(export.id, run.id, lambda run_id: _is_active(svc, run_id))
     if holder is not None:
