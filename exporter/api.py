@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Callable, Iterable
 
-from . import segments
+from . import config, segments
 from .access import AccessError, Caller, require_admin, require_member, require_use, resolve_caller
-from .domain import Connection, Export, Mapping, Run, RunStatus, Source, MAPPABLE_FIELDS, new_id
+from .domain import MAPPABLE_FIELDS, TAG_PATTERN, Connection, Consent, Export, Mapping, Run, RunStatus, Source, iso, new_id
 from .omnisend import OmnisendAuthError, OmnisendError, OmnisendUnavailable
-from .runs import ACTIVE, RunConflictError, start_run
+from .runs import ACTIVE, RetryError, RunConflictError, retry_failed_batches, start_run, stuck_reason
 from .services import Services
 from .validation import BadRequest, Field, all_of, between, length, matches, parse_json, validate
 
@@ -233,6 +234,12 @@ def _segment_name(value: str) -> str | None:
     return length(1, 256)(value)
 
 
+def _values(values: list) -> str | None:
+    if not values or not all(isinstance(v, str) and v.strip() for v in values) or len(values) > 20:
+        return "must be a list of 1 to 20 non-empty strings"
+    return None
+
+
 EXPORT_SPEC = (
     Field("name", str, required=True, check=length(1, 100)),
     Field("connectionId", str, required=True, check=length(1, 64)),
@@ -245,6 +252,15 @@ EXPORT_SPEC = (
         Field(api, str, required=(api == "email"), check=_column) for api, _ in MAPPABLE_FIELDS
     )),
     Field("enabled", bool),
+    Field("tag", str, check=lambda v: None if TAG_PATTERN.match(v) else
+          "must be 1 to 128 letters, digits, spaces, '_' or '-' (what Omnisend accepts in a tag)"),
+    Field("consent", dict, children=(
+        Field("column", str, required=True, check=_column),
+        Field("subscribedValues", list, check=_values),
+        Field("unsubscribedValues", list, check=_values),
+        Field("changedAtColumn", str, check=_column),
+    )),
+    Field("sendWelcomeMessage", bool),
 )
 
 
@@ -257,8 +273,9 @@ def _usable_connection(svc: Services, caller: Caller, connection_id: str, action
     return conn
 
 
-def _check_source(svc: Services, source: Source, mapping: Mapping) -> list[str]:
+def _check_source(svc: Services, export: Export) -> list[str]:
     """Validate the mapping against the segment's schema; returns notices for the caller."""
+    source = export.source
     container = svc.storage.segment_blobs.get_container_client(source.container)
     notices = []
     try:
@@ -280,13 +297,23 @@ def _check_source(svc: Services, source: Source, mapping: Mapping) -> list[str]:
         raise BadRequest("The request has invalid fields.",
                          [{"field": "source", "code": "unreadable", "message": str(e)}]) from None
     errors = [
-        {"field": f"mapping.{api}", "code": "unknown_column",
+        {"field": api if api.startswith("consent.") else f"mapping.{api}", "code": "unknown_column",
          "message": f"column {column!r} is not in the segment; available columns: {', '.join(schema.columns)}"}
-        for api, column in mapping.columns().items() if column not in schema.columns
+        for api, column in _mapped_columns(export).items() if column not in schema.columns
     ]
     if errors:
         raise BadRequest("The mapping names columns the segment does not have.", errors)
     return notices
+
+
+def _mapped_columns(export: Export) -> dict[str, str]:
+    """Every column the export reads, by the field that names it (as errors name it)."""
+    columns = dict(export.mapping.columns())
+    if export.consent:
+        columns["consent.column"] = export.consent.column
+        if export.consent.changed_at_column:
+            columns["consent.changedAtColumn"] = export.consent.changed_at_column
+    return columns
 
 
 def _get_export(svc: Services, caller: Caller, export_id: str, action: str) -> Export:
@@ -312,6 +339,9 @@ def _export_from(data: dict, export_id: str, created_at, now) -> Export:
         enabled=data.get("enabled", True),
         created_at=created_at,
         updated_at=now,
+        tag=data.get("tag"),
+        consent=Consent.from_api(data.get("consent")),
+        send_welcome_message=data.get("sendWelcomeMessage", False),
     )
 
 
@@ -321,7 +351,7 @@ def create_export(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse
     _usable_connection(svc, caller, data["connectionId"], "create exports with it")
     now = svc.clock()
     export = _export_from(data, new_id(), now, now)
-    notices = _check_source(svc, export.source, export.mapping)
+    notices = _check_source(svc, export)
     svc.storage.put_export(export)  # saving never starts a run
     return ApiResponse(201, {**export.to_api(), "notices": notices},
                        headers={"Location": f"{req.base_url()}/exports/{export.id}"})
@@ -343,7 +373,7 @@ def update_export(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse
     data = validate(req.json(), EXPORT_SPEC)
     _usable_connection(svc, caller, data["connectionId"], "move an export to it")
     export = _export_from(data, current.id, current.created_at, svc.clock())
-    notices = _check_source(svc, export.source, export.mapping)
+    notices = _check_source(svc, export)
     svc.storage.put_export(export)
     return ApiResponse(200, {**export.to_api(), "notices": notices})
 
@@ -351,14 +381,17 @@ def update_export(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse
 def delete_export(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     export = _get_export(svc, caller, req.route_params["id"], "delete")
     svc.storage.delete_export(export.id)
+    svc.states.delete(export.id)  # its membership state describes nothing any more
     return ApiResponse(204)
 
 
 # --- runs ---------------------------------------------------------------------------------------
 
 
-def _run_body(req: ApiRequest, run: Run) -> dict:
-    return run.to_api(status_url=f"{req.base_url()}/runs/{run.id}")
+def _run_body(req: ApiRequest, run: Run, now=None) -> dict:
+    body = run.to_api(status_url=f"{req.base_url()}/runs/{run.id}")
+    body["stuck"] = stuck_reason(run, now) if now is not None and not run.status.is_final else None
+    return body
 
 
 def start_export_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
@@ -381,8 +414,9 @@ def start_export_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiRespo
         raise Conflict("Refresh still being written",
                        f"The latest refresh {refresh.folder} changed at {refresh.last_modified:%H:%M:%S} UTC and is "
                        f"treated as still being written for {settle}s. Try again in a few minutes.")
+    full = req.query.get("full", "").lower() in ("true", "1", "yes")
     try:
-        run = start_run(svc, export, "manual", refresh)
+        run = start_run(svc, export, "manual", refresh, full=full)
     except RunConflictError as e:
         raise Conflict("Run in progress", str(e), {"activeRunId": e.active.id}) from None
     body = _run_body(req, run)
@@ -403,12 +437,13 @@ def _get_run(svc: Services, caller: Caller, run_id: str) -> Run:
 
 
 def get_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
-    return ApiResponse(200, _run_body(req, _get_run(svc, caller, req.route_params["id"])))
+    return ApiResponse(200, _run_body(req, _get_run(svc, caller, req.route_params["id"]), svc.clock()))
 
 
 def list_export_runs(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     export = _get_export(svc, caller, req.route_params["id"], "see runs of")
-    return ApiResponse(200, {"runs": [_run_body(req, r) for r in svc.storage.list_runs(export.id)]})
+    now = svc.clock()
+    return ApiResponse(200, {"runs": [_run_body(req, r, now) for r in svc.storage.list_runs(export.id)]})
 
 
 def get_run_rejects(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
@@ -436,6 +471,41 @@ def cancel_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     return ApiResponse(202, _run_body(req, run))
 
 
+def retry_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    run = _get_run(svc, caller, req.route_params["id"])
+    try:
+        run, resent = retry_failed_batches(svc, run.id)
+    except RetryError as e:
+        raise Conflict("Cannot retry now", str(e)) from None
+    return ApiResponse(202, {**_run_body(req, run, svc.clock()), "batchesResent": resent})
+
+
+# A timer that has not run for this long is reported (the default schedule fires every 15 minutes).
+TIMER_LATE_AFTER = timedelta(minutes=45)
+
+
 def health(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    """What an operator needs to know at a glance: is the schedule firing, is any run stuck,
+    is anything waiting in a poison queue."""
     require_member(caller)
-    return ApiResponse(200, {"status": "ok"})
+    now = svc.clock()
+    problems: list[str] = []
+    last_tick = svc.storage.last_tick()
+    if last_tick is None or now - last_tick > TIMER_LATE_AFTER:
+        problems.append("The schedule has not run " + ("yet" if last_tick is None else f"since {iso(last_tick)}")
+                        + ": scheduled exports are not starting. Check that the function app is running.")
+    stuck = []
+    for export_id, run_id in svc.storage.locked_runs():
+        run = svc.storage.get_run(run_id)
+        reason = stuck_reason(run, now) if run is not None and not run.status.is_final else None
+        if reason:
+            stuck.append({"runId": run.id, "exportId": export_id, "status": run.status.value, "stuck": reason})
+            problems.append(f"Run {run.id} of export {export_id} is stuck: {reason}.")
+    poison = {q: svc.storage.queue_length(q) for q in (config.QUEUE_RUNS + config.POISON_SUFFIX,
+                                                       config.QUEUE_BATCHES + config.POISON_SUFFIX)}
+    for q, n in poison.items():
+        if n:
+            problems.append(f"{n} message(s) wait in {q}.")
+    body = {"status": "degraded" if problems else "ok", "problems": problems, "lastTimerTick": iso(last_tick),
+            "stuckRuns": stuck, "poisonMessages": poison}
+    return ApiResponse(200, body)

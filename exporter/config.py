@@ -22,6 +22,7 @@ TABLE_CONNECTIONS = "connections"
 TABLE_EXPORTS = "exports"
 TABLE_RUNS = "runs"
 TABLE_BATCHES = "batches"
+TABLE_RATE_LIMITS = "ratelimits"  # the shared request budget of each Omnisend connection
 CONTAINER_RUN_ARTIFACTS = "exporter-runs"  # per-run reject reports
 
 # Environment variables (app settings), with their defaults.
@@ -38,6 +39,9 @@ SETTING_NAMES = (
     "REFRESH_SETTLE_SECONDS",
     "SECRET_CACHE_SECONDS",
     "OMNISEND_TIMEOUT_SECONDS",
+    "OMNISEND_RATE_LIMIT",
+    "OMNISEND_TAGS_RATE_LIMIT",
+    "OMNISEND_RATE_WINDOW_SECONDS",
     "BATCH_CHECK_DELAY_SECONDS",
     "EXPORTER_DEV_MODE",
     "WEBSITE_AUTH_ENABLED",  # set by the platform when App Service Authentication is on; never by us
@@ -64,6 +68,9 @@ class Settings:
     refresh_settle_seconds: int
     secret_cache_seconds: int
     omnisend_timeout_seconds: float
+    omnisend_rate_limit: int  # requests per window per brand (Omnisend: 400 a minute)
+    omnisend_tags_rate_limit: int  # tags endpoints (Omnisend: 60 a minute)
+    omnisend_rate_window_seconds: int
     batch_check_delay_seconds: int
     dev_mode: bool
     running_in_azure: bool
@@ -118,6 +125,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         refresh_settle_seconds=_int(env, "REFRESH_SETTLE_SECONDS", 120),
         secret_cache_seconds=_int(env, "SECRET_CACHE_SECONDS", 300),
         omnisend_timeout_seconds=timeout,
+        omnisend_rate_limit=_int(env, "OMNISEND_RATE_LIMIT", 400, minimum=1),
+        omnisend_tags_rate_limit=_int(env, "OMNISEND_TAGS_RATE_LIMIT", 60, minimum=1),
+        omnisend_rate_window_seconds=_int(env, "OMNISEND_RATE_WINDOW_SECONDS", 60, minimum=1),
         batch_check_delay_seconds=_int(env, "BATCH_CHECK_DELAY_SECONDS", 2),
         dev_mode=dev_mode,
         running_in_azure=running_in_azure,

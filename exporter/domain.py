@@ -5,6 +5,9 @@ Field names in ``to_api`` follow the public JSON API (camelCase); Python attribu
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import uuid
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -136,6 +139,43 @@ class Source:
         return cls(container=data["container"], folder=data.get("folder") or "", segment=data["segment"])
 
 
+TAG_PATTERN = re.compile(r"^[a-zA-Z0-9_\- ]{1,128}$")  # what Omnisend's own plugin accepts
+
+
+def safe_tag(name: str) -> str:
+    """A segment name made into a tag Omnisend accepts: other characters become "-", at most 128."""
+    tag = re.sub(r"[^a-zA-Z0-9_\- ]", "-", name).strip()[:128].strip()
+    return tag or "segment"
+
+
+@dataclass(frozen=True)
+class Consent:
+    """Maps a profile column to Omnisend's email channel status; without it, exports never change consent."""
+
+    column: str
+    subscribed: tuple[str, ...] = ("true", "yes", "1")
+    unsubscribed: tuple[str, ...] = ("false", "no", "0")
+    changed_at_column: str | None = None  # when the profile's consent changed; else the refresh time
+
+    def to_api(self) -> dict:
+        body = {"column": self.column, "subscribedValues": list(self.subscribed),
+                "unsubscribedValues": list(self.unsubscribed)}
+        if self.changed_at_column:
+            body["changedAtColumn"] = self.changed_at_column
+        return body
+
+    @classmethod
+    def from_api(cls, data: dict | None) -> "Consent | None":
+        if not data:
+            return None
+        return cls(
+            column=data["column"],
+            subscribed=tuple(v.strip().casefold() for v in data.get("subscribedValues") or cls.subscribed),
+            unsubscribed=tuple(v.strip().casefold() for v in data.get("unsubscribedValues") or cls.unsubscribed),
+            changed_at_column=data.get("changedAtColumn") or None,
+        )
+
+
 @dataclass
 class Export:
     id: str
@@ -147,6 +187,20 @@ class Export:
     created_at: datetime
     updated_at: datetime
     disabled_reason: str | None = None
+    tag: str | None = None  # segment membership tag in Omnisend; None: derived from the segment name
+    consent: Consent | None = None
+    send_welcome_message: bool = False
+
+    @property
+    def effective_tag(self) -> str:
+        return self.tag or safe_tag(self.source.segment)
+
+    def sync_key(self) -> str:
+        """What a member's state depends on besides its fields: when it changes, everyone is sent again."""
+        parts = [self.connection_id, json.dumps(self.mapping.to_api(), sort_keys=True), self.effective_tag,
+                 json.dumps(self.consent.to_api() if self.consent else None, sort_keys=True),
+                 str(self.send_welcome_message)]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
     def to_api(self) -> dict:
         return {
@@ -155,6 +209,9 @@ class Export:
             "connectionId": self.connection_id,
             "source": self.source.to_api(),
             "mapping": self.mapping.to_api(),
+            "tag": self.effective_tag,
+            "consent": self.consent.to_api() if self.consent else None,
+            "sendWelcomeMessage": self.send_welcome_message,
             "enabled": self.enabled,
             "disabledReason": self.disabled_reason,
             "createdAt": iso(self.created_at),
@@ -175,7 +232,11 @@ class RunCounts:
     confirmed: int = 0  # contacts Omnisend reported as stored
     failed: int = 0  # contacts that did not land at Omnisend
     failed_by_reason: dict[str, int] = field(default_factory=dict)
-    skipped: int = 0
+    skipped: int = 0  # members unchanged since the last confirmed run: nothing to send
+    left: int = 0  # members of the last confirmed run no longer in the segment (not rows of this refresh)
+    untagged: int = 0  # leavers whose membership tag Omnisend accepted to remove
+    tagged: int = 0  # members whose membership tag Omnisend accepted to add
+    tag_failures: int = 0  # tag additions or removals that failed (retried by the next run)
     batches: int = 0
     batches_sent: int = 0  # batches past the send step: accepted by Omnisend, or given up unsent
     batches_done: int = 0  # batches whose every contact is counted as confirmed, failed or skipped
@@ -209,6 +270,10 @@ class RunCounts:
             "failed": self.failed,
             "failedByReason": dict(self.failed_by_reason),
             "skipped": self.skipped,
+            "left": self.left,
+            "tagged": self.tagged,
+            "untagged": self.untagged,
+            "tagFailures": self.tag_failures,
             "batches": self.batches,
             "batchesSent": self.batches_sent,
             "batchesDone": self.batches_done,
@@ -222,6 +287,7 @@ class RunCounts:
             "failedByReason": "failed_by_reason",
             "batchesSent": "batches_sent",
             "batchesDone": "batches_done",
+            "tagFailures": "tag_failures",
         }
         kwargs = {camel.get(k, k): v for k, v in data.items() if camel.get(k, k) in names}
         return cls(**kwargs)
@@ -251,6 +317,9 @@ class Run:
     error: str | None = None
     refresh_folder: str | None = None
     refresh_fingerprint: str | None = None
+    counts_final: bool = False  # every batch is accounted for; counts no longer change
+    full: bool = False  # send every member, not only what changed since the last confirmed state
+    progress_at: datetime | None = None  # last change of the run or of its tally (storage time)
 
     def to_api(self, status_url: str | None = None) -> dict:
         body = {
@@ -258,6 +327,7 @@ class Run:
             "exportId": self.export_id,
             "connectionId": self.connection_id,
             "trigger": self.trigger,
+            "full": self.full,
             "status": self.status.value,
             "counts": self.counts.to_api(),
             "createdAt": iso(self.created_at),
@@ -274,13 +344,81 @@ class Run:
 
 
 @dataclass
+class Failure:
+    """One contact of a batch that did not land at Omnisend."""
+
+    index: int  # position in the batch's contacts
+    reason: str  # low-cardinality key, counted in failedByReason
+    detail: str  # what Omnisend (or the uploader) said
+
+
+BATCH_KINDS = ("contacts", "tags", "untags")  # contacts to write; membership tags to add; to remove
+
+
+@dataclass
 class Batch:
     run_id: str
-    number: int  # 1-based, in planning order
-    size: int  # contacts in the batch
+    number: int  # 1-based, in planning order (each kind numbered on its own)
+    size: int  # contacts (or emails to tag) in the batch
     status: BatchStatus = BatchStatus.QUEUED
     omnisend_batch_id: str | None = None
     attempts: int = 0
     confirmed: int = 0
     failed: int = 0
     error: str | None = None
+    payload: dict | None = None  # the send message: contacts and their source rows (kept for reports and retries)
+    failures: list[Failure] = field(default_factory=list)
+    kind: str = "contacts"
+
+    def failed_by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.failures:
+            out[f.reason] = out.get(f.reason, 0) + 1
+        return out
+
+
+@dataclass
+class Tally:
+    """The upload side of a run's counts, kept beside its batches so both change in one transaction."""
+
+    planned: int = -1  # batches the planner enqueued; -1 until planning ends
+    sent: int = 0
+    batches_sent: int = 0
+    confirmed: int = 0
+    failed: int = 0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+    batches_done: int = 0
+    # membership tags: untag batches are planned with the contacts; tag batches once the contacts are
+    # confirmed (-1: not yet; -2: being planned)
+    untags_planned: int = 0
+    untags_done: int = 0
+    tags_planned: int = -1
+    tags_done: int = 0
+    tagged: int = 0
+    untagged: int = 0
+    tag_failures: int = 0
+    updated_at: datetime | None = None  # last change: how a stuck run is noticed
+
+    @property
+    def complete(self) -> bool:
+        """Every contact batch is counted."""
+        return self.planned >= 0 and self.batches_done >= self.planned
+
+    @property
+    def tags_complete(self) -> bool:
+        return self.tags_planned >= 0 and self.tags_done >= self.tags_planned and self.untags_done >= self.untags_planned
+
+    def add_failures(self, by_reason: dict[str, int]) -> None:
+        for reason, n in by_reason.items():
+            if n:
+                self.failed += n
+                self.failed_by_reason[reason] = self.failed_by_reason.get(reason, 0) + n
+
+    def apply_to(self, counts: "RunCounts") -> None:
+        counts.sent, counts.batches_sent = self.sent, self.batches_sent
+        counts.confirmed, counts.failed = self.confirmed, self.failed
+        counts.failed_by_reason = dict(self.failed_by_reason)
+        counts.batches_done = self.batches_done
+        counts.tagged, counts.untagged, counts.tag_failures = self.tagged, self.untagged, self.tag_failures
+        if self.planned >= 0:
+            counts.batches = self.planned

@@ -182,9 +182,9 @@ def make_http_server(index: FunctionIndex, host: str, port: int) -> ThreadingHTT
 class QueuePump:
     """Receives messages and calls the queue function; failures are retried, then poisoned."""
 
-    LEASE_SECONDS = 600  # how long a message stays invisible while a worker handles it
-
-    def __init__(self, storage: Storage, queue_name: str, handler: Callable, rules: QueueRules):
+    def __init__(self, storage: Storage, queue_name: str, handler: Callable, rules: QueueRules,
+                 lease_seconds: int = 600):
+        self.lease_seconds = lease_seconds  # how long a message stays invisible while a worker handles it
         self.queue = storage.queue_client(queue_name)
         self.poison = storage.queue_client(queue_name + config.POISON_SUFFIX)
         self.handler = handler
@@ -193,7 +193,7 @@ class QueuePump:
 
     def handle_one(self) -> bool:
         """Receive and handle one message; False when the queue had nothing visible."""
-        page = self.queue.receive_messages(messages_per_page=1, visibility_timeout=self.LEASE_SECONDS).by_page()
+        page = self.queue.receive_messages(messages_per_page=1, visibility_timeout=self.lease_seconds).by_page()
         try:
             m = next(next(page))
         except StopIteration:
@@ -290,7 +290,7 @@ class LocalHost:
 
     def __init__(self, storage: Storage, app: func.FunctionApp | None = None, *, host: str = "127.0.0.1",
                  port: int = 7071, batch_workers: int = 8, run_workers: int = 2, timer: bool = True,
-                 idle_sleep: float | None = None, env: dict | None = None):
+                 idle_sleep: float | None = None, env: dict | None = None, lease_seconds: int = 600):
         import os
 
         self.index = FunctionIndex(app or load_app())
@@ -303,7 +303,7 @@ class LocalHost:
         workers = {config.QUEUE_RUNS: run_workers, config.QUEUE_BATCHES: batch_workers}
         for queue_name, handler in self.index.queues.items():
             for i in range(workers.get(queue_name, 1)):
-                pump = QueuePump(storage, queue_name, handler, self.rules)
+                pump = QueuePump(storage, queue_name, handler, self.rules, lease_seconds)
                 self.threads.append(threading.Thread(target=pump.work, args=(self.stop_event, idle),
                                                      name=f"{queue_name}-{i}", daemon=True))
         if timer:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from .countries import ISO_ALPHA2
-from .domain import MAPPABLE_FIELDS, Mapping
+from .domain import MAPPABLE_FIELDS, Consent, Mapping
 
 # Rejection reasons: stable keys, counted per run ("rejectedByReason") and written to the report.
 REASON_MALFORMED_ROW = "malformed row"
@@ -60,9 +61,16 @@ class Rejection:
     detail: str  # a sentence for the report (never more than an operator needs)
 
 
+# Omnisend keeps the status with the newest statusChangedAt. A profile whose consent is unknown is sent
+# as nonSubscribed dated long ago: it starts new contacts as nonSubscribed and never overrides a status
+# a contact already has in Omnisend (subscribed or unsubscribed, set there or by an earlier export).
+UNKNOWN_CONSENT_AT = "2000-01-01T00:00:00Z"
+REASON_INVALID_CONSENT_DATE = "invalid consent date"
+
+
 @dataclass(frozen=True)
 class ContactOptions:
-    channel_status: str = "nonSubscribed"  # exporting a profile is not consent to marketing
+    consent: Consent | None = None  # None: exporting a profile is not consent to marketing
     send_welcome_message: bool = False
 
 
@@ -72,15 +80,43 @@ class ContactMapper:
     def __init__(self, columns: tuple[str, ...], mapping: Mapping, options: ContactOptions = ContactOptions()):
         index = {name: i for i, name in enumerate(columns)}
         wanted = mapping.columns()
+        consent = options.consent
+        if consent is not None:
+            wanted = {**wanted, "consent": consent.column}
+            if consent.changed_at_column:
+                wanted["consentChangedAt"] = consent.changed_at_column
         missing = {f: c for f, c in wanted.items() if c not in index}
         if missing:
             raise MappingError(missing, columns)
+        self.consent_index = index[consent.column] if consent else None
+        self.consent_at_index = index[consent.changed_at_column] if consent and consent.changed_at_column else None
         self.width = len(columns)
         self.email_index = index[wanted["email"]]
         self.field_indexes = tuple(
             (api, index[wanted[api]]) for api, _ in MAPPABLE_FIELDS if api != "email" and api in wanted
         )
         self.options = options
+
+    def _channel(self, fields: list[str]) -> dict | Rejection:
+        unknown = {"status": "nonSubscribed", "statusChangedAt": UNKNOWN_CONSENT_AT}
+        if self.consent_index is None:
+            return unknown
+        value = fields[self.consent_index].strip().casefold()
+        consent = self.options.consent
+        if value in consent.subscribed:
+            status = "subscribed"
+        elif value in consent.unsubscribed:
+            status = "unsubscribed"
+        else:
+            return unknown  # empty or unrecognised: consent unknown, nothing changes in Omnisend
+        if self.consent_at_index is None:
+            # dated with the refresh time by the planner, after fingerprinting: a new refresh of the
+            # same consent is not a change
+            return {"status": status}
+        at = _channel_at(fields[self.consent_at_index].strip())
+        if at is None:
+            return Rejection(REASON_INVALID_CONSENT_DATE, "the consent date column holds no ISO date")
+        return {"status": status, "statusChangedAt": at}
 
     def email_of(self, fields: list[str]) -> str:
         """The row's email as an operator would want it in a report: trimmed, or '' when absent."""
@@ -92,12 +128,15 @@ class ContactMapper:
             return Rejection(REASON_MISSING_EMAIL, "the email column is empty")
         if len(email) > 254 or not is_valid_email(email):
             return Rejection(REASON_INVALID_EMAIL, "not a valid email address")
+        channel = self._channel(fields)
+        if isinstance(channel, Rejection):
+            return channel
         contact: dict = {
             "identifiers": [
                 {
                     "type": "email",
                     "id": email,
-                    "channels": {"email": {"status": self.options.channel_status}},
+                    "channels": {"email": channel},
                     "sendWelcomeMessage": self.options.send_welcome_message,
                 }
             ]
@@ -113,6 +152,17 @@ class ContactMapper:
             else:
                 contact[api] = value
         return contact
+
+
+def _channel_at(value: str) -> str | None:
+    """An ISO date or datetime from the consent date column, as UTC ISO 8601; None when unreadable."""
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def email_key(email: str) -> str:

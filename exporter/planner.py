@@ -11,29 +11,35 @@ leaves the platform.
 from __future__ import annotations
 
 import json
-from collections import deque
 import logging
 import tempfile
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timezone
 
 from . import segments
-from .domain import Run, RunCounts, RunStatus
+from .domain import Run, RunCounts, RunStatus, Tally
 from .mapping import (
     REASON_CONTACT_TOO_LARGE,
     REASON_DUPLICATE,
     REASON_MALFORMED_ROW,
     REASON_NOT_UTF8,
     ContactMapper,
+    ContactOptions,
     MappingError,
     Rejection,
-    email_key,
 )
+from .membership import fingerprint, member_key
 from .runs import fail_run, settle
 from .services import Services
 from .storage import ReportWriter
 
 log = logging.getLogger(__name__)
+
+REASON_NOT_SENT_OVER_LIMIT = "not sent: over the contract limit"
+REASON_NOT_SENT_UNREADABLE = "not sent: the segment could not be read"
+REASON_NOT_SENT_RUN_ENDED = "not sent: the run had ended"
 
 MAX_BATCH_CONTACTS = 100  # Omnisend's limit per POST /batches
 # A queue message is at most 64 KiB after base64 (4/3): keep the JSON text well below 48 KiB.
@@ -45,6 +51,7 @@ ENQUEUE_THREADS = 8
 class _Pending:
     parts: list[str]
     refs: list[str]
+    fps: list[str]  # fingerprint of each contact as planned: what the membership state records
     contacts: list[str]
     chars: int
 
@@ -67,20 +74,25 @@ class BatchBuilder:
     def fits_alone(self, contact_json: str, partition: str) -> bool:
         return self._envelope + len(partition) + 24 + len(contact_json) <= MAX_MESSAGE_CHARS
 
-    def add(self, contact_json: str, partition: str, row: int) -> None:
+    def add(self, contact_json: str, partition: str, row: int, fp: int = 0) -> None:
         p = self._pending
         part_ref = json.dumps(partition)
-        extra = len(contact_json) + 16 + (0 if p and part_ref in p.parts else len(part_ref) + 1)
+        extra = len(contact_json) + 38 + (0 if p and part_ref in p.parts else len(part_ref) + 1)
         if p is not None and (len(p.contacts) >= MAX_BATCH_CONTACTS or p.chars + extra > MAX_MESSAGE_CHARS):
             self.flush()
             p = None
         if p is None:
-            p = self._pending = _Pending(parts=[], refs=[], contacts=[], chars=self._envelope)
+            p = self._pending = _Pending(parts=[], refs=[], fps=[], contacts=[], chars=self._envelope)
         if part_ref not in p.parts:
             p.parts.append(part_ref)
         p.refs.append(f"[{p.parts.index(part_ref)},{row}]")
+        p.fps.append(str(fp))
         p.contacts.append(contact_json)
         p.chars += extra
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending.contacts) if self._pending else 0
 
     def flush(self) -> None:
         p = self._pending
@@ -90,7 +102,7 @@ class BatchBuilder:
         self.contacts += len(p.contacts)
         self._spool.write(
             f'{self._head},"batch":{self.batches},"parts":[{",".join(p.parts)}],'
-            f'"refs":[{",".join(p.refs)}],"contacts":[{",".join(p.contacts)}]}}\n'
+            f'"refs":[{",".join(p.refs)}],"fps":[{",".join(p.fps)}],"contacts":[{",".join(p.contacts)}]}}\n'
         )
         self._pending = None
 
@@ -126,10 +138,25 @@ def plan_run(svc: Services, run_id: str, redelivered: bool = False) -> Run | Non
         return None
     try:
         return _plan(svc, run)
+    except EnqueueError:
+        raise  # some batches may be out: let the queue deliver the plan again, which re-plans the run
     except Exception as e:  # noqa: BLE001 - a run must end visibly, never hang in "planning"
         log.exception("planning failed unexpectedly", extra={"run_id": run.id, "export_id": run.export_id})
-        return fail_run(svc, run.id, f"Planning failed unexpectedly ({type(e).__name__}); nothing was sent. "
-                                     "The error was logged with this run's id.")
+        return _fail_early(svc, run.id, f"Planning failed unexpectedly ({type(e).__name__}); nothing was sent. "
+                                        "The error was logged with this run's id.")
+
+
+def handle_poison_message(svc: Services, text: str) -> None:
+    """A plan message the host gave up on: the run ends, visibly, instead of waiting forever."""
+    try:
+        run_id = json.loads(text)["runId"]
+    except (ValueError, KeyError, TypeError):
+        log.error("unreadable message in the poison queue dropped (%d characters)", len(text))
+        return
+    run = svc.storage.get_run(run_id)
+    if run is not None and not run.status.is_final:
+        _fail_early(svc, run_id, "Planning failed on every attempt (the message reached the poison queue); "
+                                 "nothing was sent. The errors were logged with this run's id.")
 
 
 def _plan(svc: Services, run: Run) -> Run:
@@ -137,33 +164,50 @@ def _plan(svc: Services, run: Run) -> Run:
     export = svc.storage.get_export(run.export_id)
     connection = svc.storage.get_connection(run.connection_id)
     if export is None:
-        return fail_run(svc, run.id, "The export was deleted before the run started.")
+        return _fail_early(svc, run.id, "The export was deleted before the run started.")
     if connection is None:
-        return fail_run(svc, run.id, f"Connection {run.connection_id} was removed; the run cannot send anything.")
+        return _fail_early(svc, run.id, f"Connection {run.connection_id} was removed; the run cannot send anything.")
     src = export.source
     container = svc.storage.segment_blobs.get_container_client(src.container)
     try:
         refresh = segments.find_latest_refresh(container, src.folder, src.segment)
         if refresh is None:
-            return fail_run(
+            return _fail_early(
                 svc, run.id,
                 f"Segment {src.segment!r} has no refresh under {src.container}/{src.folder}: nothing to export yet.",
             )
         if not segments.is_settled(refresh, svc.clock(), svc.settings.refresh_settle_seconds):
-            return fail_run(
+            return _fail_early(
                 svc, run.id,
                 f"The latest refresh {refresh.folder} is still being written (last change {refresh.last_modified:%H:%M:%S} "
                 f"UTC; settle period {svc.settings.refresh_settle_seconds}s). Run again in a few minutes.",
             )
         schema = segments.load_schema(container, src.folder, src.segment, refresh)
-        mapper = ContactMapper(schema.columns, export.mapping)
+        mapper = ContactMapper(schema.columns, export.mapping,
+                               ContactOptions(consent=export.consent, send_welcome_message=export.send_welcome_message))
     except (segments.SegmentSourceError, MappingError) as e:
-        return fail_run(svc, run.id, str(e))
+        return _fail_early(svc, run.id, str(e))
+    refreshed_at = refresh.last_modified.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    state = svc.states.load(export.id)
+    if state is not None and state.header.connection_id != export.connection_id:
+        state.close()  # another Omnisend account: what the old one holds says nothing about this one
+        state = None
+    # unchanged members are skipped only when the last confirmed state was made the same way
+    diffing = state is not None and state.header.sync_key == export.sync_key() and not run.full
+    try:
+        return _plan_rows(svc, run, export, connection, container, refresh, schema, mapper, state, diffing,
+                          refreshed_at, ctx)
+    finally:
+        if state is not None:
+            state.close()
+
+
+def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper, state, diffing, refreshed_at, ctx):
 
     counts = RunCounts()
     svc.storage.create_report(run.id)
     report = svc.storage.open_report(run.id)
-    seen: set[int] = set()  # hash() of casefolded emails: 8 bytes of entropy per member, not the address
+    seen: set[int] = set()  # member keys (64-bit hashes of casefolded emails), not the addresses
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     log.info("planning %s", refresh.folder, extra=ctx)
     with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
@@ -181,22 +225,37 @@ def _plan(svc: Services, run: Run) -> Run:
                     _reject(report, counts, partition, number, mapper.email_of(fields), contact)
                     continue
                 email = contact["identifiers"][0]["id"]
-                key = hash(email_key(email))
+                key = member_key(email)
                 if key in seen:
                     counts.duplicates += 1
                     report.add("planning", partition, number, email, REASON_DUPLICATE, "an earlier row has the same email")
                     continue
                 text = dumps(contact)
+                fp = fingerprint(text)
+                if state is not None:
+                    i = state.find(key)
+                    if i >= 0:
+                        state.present[i] = 1
+                        if diffing and state.fps[i] == fp:
+                            seen.add(key)
+                            counts.skipped += 1  # Omnisend already holds exactly this
+                            continue
+                channel = contact["identifiers"][0]["channels"]["email"]
+                if "statusChangedAt" not in channel:  # mapped consent without a date: the refresh's time
+                    channel["statusChangedAt"] = refreshed_at
+                    text = dumps(contact)
                 if not builder.fits_alone(text, partition):
                     _reject(report, counts, partition, number, email,
                             Rejection(REASON_CONTACT_TOO_LARGE, "the contact does not fit in one queue message"))
                     continue
                 seen.add(key)
-                builder.add(text, partition, number)
+                builder.add(text, partition, number, fp)
             builder.flush()
+            untags = _plan_untags(run, export, state, spool, counts) if state is not None else 0
         except segments.SegmentSourceError as e:
             report.close()
-            return fail_run(svc, run.id, f"{e} Nothing was sent.")
+            counts.queued = builder.contacts + builder.pending
+            return _abandon(svc, run.id, counts, refresh, REASON_NOT_SENT_UNREADABLE, f"{e} Nothing was sent.")
         finally:
             seen.clear()
         report.close()
@@ -204,44 +263,122 @@ def _plan(svc: Services, run: Run) -> Run:
         counts.batches = builder.batches
 
         limit = connection.max_profiles_per_export
-        if limit is not None and counts.queued > limit:
-            _record_planning(svc, run.id, counts, refresh)
-            return fail_run(
-                svc, run.id,
-                f"The segment has {counts.queued} valid profiles, more than the {limit} allowed per export by "
+        valid = counts.queued + counts.skipped
+        if limit is not None and valid > limit:
+            return _abandon(
+                svc, run.id, counts, refresh, REASON_NOT_SENT_OVER_LIMIT,
+                f"The segment has {valid} valid profiles, more than the {limit} allowed per export by "
                 f"connection {connection.display_name!r} (the Omnisend contract limit). Nothing was sent.",
             )
+        current = svc.storage.get_run(run.id)
+        if current is None or current.status.is_final:  # cancelled (or failed) while planning
+            return _abandon(svc, run.id, counts, refresh, REASON_NOT_SENT_RUN_ENDED, None)
         # Enqueue only now that the whole refresh was read cleanly.
         spool.seek(0)
         _enqueue(svc, spool)
-    run = _record_planning(svc, run.id, counts, refresh, start_upload=True)
+    run = _record_planning(svc, run.id, counts, refresh, untags)
     log.info(
-        "planned: %d read, %d rejected, %d duplicates, %d contacts in %d batches",
-        counts.read, counts.rejected, counts.duplicates, counts.queued, counts.batches, extra=ctx,
+        "planned: %d read, %d rejected, %d duplicates, %d unchanged, %d contacts in %d batches, %d left the segment",
+        counts.read, counts.rejected, counts.duplicates, counts.skipped, counts.queued, counts.batches, counts.left,
+        extra=ctx,
     )
     return run
+
+
+UNTAG_BATCH = 250  # emails per DELETE /contacts/tags
+
+
+def _plan_untags(run: Run, export, state, spool, counts: RunCounts) -> int:
+    """Spool removal of the membership tag for members of the last confirmed state who left."""
+    head = {"type": "untags", "runId": run.id, "exportId": run.export_id, "connectionId": run.connection_id,
+            "tag": state.header.tag}
+    batch: list[str] = []
+    number = 0
+
+    def flush() -> None:
+        nonlocal number, batch
+        if batch:
+            number += 1
+            spool.write(json.dumps({**head, "batch": number, "emails": batch}, separators=(",", ":")) + "\n")
+            batch = []
+
+    for _, email in state.leavers():
+        counts.left += 1
+        batch.append(email)
+        if len(batch) >= UNTAG_BATCH:
+            flush()
+    flush()
+    return number
+
+
+class EnqueueError(RuntimeError):
+    """Enqueueing stopped part way; planning the run again is safe (batch numbers are stable)."""
 
 
 def _enqueue(svc: Services, spool) -> None:
     """Send the spooled messages with a few threads, holding only a small window of them in memory."""
     in_flight: deque = deque()
-    with ThreadPoolExecutor(ENQUEUE_THREADS, thread_name_prefix="enqueue") as pool:
-        for line in spool:
-            in_flight.append(pool.submit(svc.storage.send_batch_message, line.rstrip("\n")))
-            if len(in_flight) >= 2 * ENQUEUE_THREADS:
+    try:
+        with ThreadPoolExecutor(ENQUEUE_THREADS, thread_name_prefix="enqueue") as pool:
+            for line in spool:
+                in_flight.append(pool.submit(svc.storage.send_batch_message, line.rstrip("\n")))
+                if len(in_flight) >= 2 * ENQUEUE_THREADS:
+                    in_flight.popleft().result()
+            while in_flight:
                 in_flight.popleft().result()
-        while in_flight:
-            in_flight.popleft().result()
+    except Exception as e:
+        raise EnqueueError(f"enqueueing batches failed: {type(e).__name__}") from e
 
 
-def _record_planning(svc: Services, run_id: str, counts: RunCounts, refresh, start_upload: bool = False) -> Run:
+def _record_planning(svc: Services, run_id: str, counts: RunCounts, refresh, untags: int = 0) -> Run:
+    """Planning is done: its counts go on the run, then the tally learns how many batches to expect.
+
+    In this order, because the tally's planned count is what lets the run end: no worker may
+    conclude the run before the planning counts are on it.
+    """
+
     def mutate(run: Run):
-        c = run.counts  # upload-side counters may already have moved: merge, never overwrite them
+        c = run.counts
         c.read, c.rejected, c.rejected_by_reason = counts.read, counts.rejected, dict(counts.rejected_by_reason)
         c.duplicates, c.queued, c.batches = counts.duplicates, counts.queued, counts.batches
+        c.skipped, c.left = counts.skipped, counts.left
         run.refresh_folder, run.refresh_fingerprint = refresh.folder, refresh.fingerprint
-        if start_upload and run.status is RunStatus.PLANNING:
+        if run.status is RunStatus.PLANNING:
             run.status = RunStatus.UPLOADING
-            settle(run, svc.clock())
 
-    return svc.storage.update_run(run_id, mutate)
+    svc.storage.update_run(run_id, mutate)
+
+    def planned(t: Tally) -> None:
+        t.planned = counts.batches
+        t.untags_planned = untags
+
+    tally = svc.storage.update_tally(run_id, planned)
+    return settle(svc, run_id, tally) or svc.storage.get_run(run_id)
+
+
+def _abandon(svc: Services, run_id: str, counts: RunCounts, refresh, reason: str, error: str | None) -> Run:
+    """End a run whose contacts will not be sent; they are counted as failed with ``reason``."""
+    if error:
+        fail_run(svc, run_id, error)
+    unsent, counts.batches = counts.queued, 0
+
+    def mutate(run: Run):
+        c = run.counts
+        c.read, c.rejected, c.rejected_by_reason = counts.read, counts.rejected, dict(counts.rejected_by_reason)
+        c.duplicates, c.queued, c.batches = counts.duplicates, counts.queued, 0
+        c.skipped, c.left = counts.skipped, 0
+        if refresh is not None:
+            run.refresh_folder, run.refresh_fingerprint = refresh.folder, refresh.fingerprint
+
+    svc.storage.update_run(run_id, mutate)
+
+    def nothing_sent(t: Tally) -> None:
+        t.planned = 0
+        t.add_failures({reason: unsent})
+
+    return settle(svc, run_id, svc.storage.update_tally(run_id, nothing_sent)) or svc.storage.get_run(run_id)
+
+
+def _fail_early(svc: Services, run_id: str, error: str) -> Run:
+    """A run that ends before reading any row: nothing read, nothing to account for."""
+    return _abandon(svc, run_id, RunCounts(), None, REASON_NOT_SENT_UNREADABLE, error)

@@ -6,12 +6,13 @@ upload workers report into the same run at the same time.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from .domain import Export, Refresh, Run, RunCounts, RunStatus
+from .domain import BatchStatus, Export, Refresh, Run, RunCounts, RunStatus, Tally
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,16 @@ def new_run_id() -> str:
     return f"{inverted:013d}{uuid.uuid4().hex[:8]}"
 
 
+def _is_active(svc: Services, run_id: str) -> bool:
+    run = svc.storage.get_run(run_id)
+    return run is not None and run.status in ACTIVE
+
+
 def active_run(svc: Services, export_id: str) -> Run | None:
-    for run in svc.storage.list_runs(export_id, limit=20):
-        if run.status in ACTIVE:
-            return run
+    for locked_export, run_id in svc.storage.locked_runs():
+        if locked_export == export_id:
+            run = svc.storage.get_run(run_id)
+            return run if run is not None and run.status in ACTIVE else None
     return None
 
 
@@ -47,11 +54,12 @@ def last_succeeded_run(svc: Services, export_id: str) -> Run | None:
     return None
 
 
-def start_run(svc: Services, export: Export, trigger: str, refresh: Refresh | None = None) -> Run:
-    """Record a queued run and hand it to the planner queue. Never plans inline (HTTP must answer fast)."""
-    current = active_run(svc, export.id)
-    if current is not None:
-        raise RunConflictError(current)
+def start_run(svc: Services, export: Export, trigger: str, refresh: Refresh | None = None, full: bool = False) -> Run:
+    """Record a queued run and hand it to the planner queue. Never plans inline (HTTP must answer fast).
+
+    One run per export at a time: the export's lock names its run, and only an ended run's lock
+    can be taken over (so two triggers at the same moment cannot both start one).
+    """
     run = Run(
         id=new_run_id(),
         export_id=export.id,
@@ -62,7 +70,12 @@ def start_run(svc: Services, export: Export, trigger: str, refresh: Refresh | No
         created_at=svc.clock(),
         refresh_folder=refresh.folder if refresh else None,
         refresh_fingerprint=refresh.fingerprint if refresh else None,
+        full=full,
     )
+    holder = svc.storage.claim_export(export.id, run.id, lambda run_id: _is_active(svc, run_id))
+    if holder is not None:
+        current = svc.storage.get_run(holder)
+        raise RunConflictError(current)
     svc.storage.create_run(run)
     svc.storage.send_run_message({"type": "plan", "runId": run.id})
     log.info("run queued", extra={"run_id": run.id, "export_id": export.id, "trigger": trigger})
@@ -76,29 +89,180 @@ def _finish(run: Run, status: RunStatus, now: datetime, error: str | None = None
         run.error = error
 
 
-def settle(run: Run, now: datetime) -> None:
-    """Move an uploading run on once its batches are sent, and end it once all are accounted for."""
+def conclude(run: Run, now: datetime) -> None:
+    """The final status of a run whose every row is accounted for."""
     c = run.counts
-    if run.status not in (RunStatus.UPLOADING, RunStatus.VERIFYING):
-        return
-    if c.batches_done >= c.batches:
-        if c.read != c.accounted:
-            _finish(
-                run,
-                RunStatus.FAILED,
-                now,
-                f"Counts do not add up: {c.read} rows read but {c.accounted} accounted for "
-                f"({c.rejected} rejected, {c.duplicates} duplicates, {c.confirmed} confirmed, {c.failed} failed, "
-                f"{c.skipped} skipped). Do not trust this run; report it.",
-            )
-        elif c.failed == 0 and c.rejected == 0:
-            _finish(run, RunStatus.SUCCEEDED, now)
-        elif c.confirmed + c.skipped > 0:
-            _finish(run, RunStatus.PARTIALLY_SUCCEEDED, now)
-        else:
-            _finish(run, RunStatus.FAILED, now, run.error or "No contact of the segment reached Omnisend; see the report.")
-    elif run.status is RunStatus.UPLOADING and c.batches_sent >= c.batches:
-        run.status = RunStatus.VERIFYING
+    if c.read != c.accounted:
+        _finish(
+            run,
+            RunStatus.FAILED,
+            now,
+            f"Counts do not add up: {c.read} rows read but {c.accounted} accounted for "
+            f"({c.rejected} rejected, {c.duplicates} duplicates, {c.confirmed} confirmed, {c.failed} failed, "
+            f"{c.skipped} skipped). Do not trust this run; report it.",
+        )
+    elif c.failed == 0 and c.rejected == 0 and c.tag_failures == 0:
+        _finish(run, RunStatus.SUCCEEDED, now)
+    elif c.confirmed + c.skipped > 0:
+        _finish(run, RunStatus.PARTIALLY_SUCCEEDED, now)
+    else:
+        _finish(run, RunStatus.FAILED, now, run.error or "No contact of the segment reached Omnisend; see the report.")
+
+
+def _no_tags(t: Tally) -> None:
+    if t.tags_planned == -1:
+        t.tags_planned = 0
+
+
+def settle(svc: Services, run_id: str, tally: Tally) -> Run | None:
+    """Move a run on from what its tally says; safe to call any number of times, from any worker.
+
+    uploading -> verifying once every contact batch is sent; once every contact and untag batch is
+    counted, an active run gets its tag batches planned, and when those are counted too its new
+    membership state is written and it ends. A run already ended (cancelled, failed) just has its
+    counts made final once everything in flight drained.
+    """
+    if tally.planned < 0:
+        return None
+    if not (tally.complete and tally.untags_done >= tally.untags_planned):
+        if tally.batches_sent < tally.planned:
+            return None
+
+        def verifying(run: Run):
+            if run.status is not RunStatus.UPLOADING:
+                return False
+            run.status = RunStatus.VERIFYING
+
+        return svc.storage.update_run(run_id, verifying)
+    run = svc.storage.get_run(run_id)
+    if run is None or (run.status.is_final and run.counts_final):
+        return run
+    if not run.status.is_final:
+        from .finalizer import request_tags, write_state
+
+        if tally.tags_planned == -1 and tally.confirmed == 0:
+            tally = svc.storage.update_tally(run_id, _no_tags)  # nothing confirmed: nothing to tag
+        if tally.tags_planned < 0:
+            if tally.tags_planned == -1:
+                request_tags(svc, run_id)
+            return run
+        if not tally.tags_complete:
+            return run
+        write_state(svc, run)
+
+    def mutate(run: Run):
+        if run.counts_final and run.status.is_final:
+            return False
+        if not run.status.is_final:
+            conclude(run, svc.clock())
+        run.counts_final = True
+
+    run = svc.storage.update_run(run_id, mutate)
+    log.info("run ended %s", run.status.value, extra={"run_id": run.id, "export_id": run.export_id})
+    return run
+
+
+# How long a run may show no progress before it is reported as stuck.
+STUCK_AFTER = {
+    RunStatus.QUEUED: timedelta(minutes=15),
+    RunStatus.PLANNING: timedelta(minutes=45),
+    RunStatus.UPLOADING: timedelta(minutes=30),
+    RunStatus.VERIFYING: timedelta(minutes=30),
+}
+
+
+def stuck_reason(run: Run, now: datetime) -> str | None:
+    """Why an active run looks stuck, or None. Progress is the last change of the run or its tally."""
+    limit = STUCK_AFTER.get(run.status)
+    if limit is None or run.progress_at is None or now - run.progress_at < limit:
+        return None
+    minutes = int((now - run.progress_at).total_seconds() // 60)
+    if run.status is RunStatus.QUEUED:
+        return f"queued for {minutes} minutes: no planner picked it up (is the queue trigger running?)"
+    if run.status is RunStatus.PLANNING:
+        return f"planning for {minutes} minutes without finishing"
+    return f"no batch has made progress for {minutes} minutes"
+
+
+def reconcile(svc: Services) -> list[Run]:
+    """Look at every export's latest run: end the ones whose tally is complete (a worker died between
+    counting a batch and moving the run on), and return the ones that look stuck."""
+    stuck = []
+    now = svc.clock()
+    for _, run_id in svc.storage.locked_runs():
+        run = svc.storage.get_run(run_id)
+        if run is None or (run.status.is_final and run.counts_final):
+            continue
+        tally, _ = svc.storage.get_tally(run_id)
+        if tally.tags_planned == -2 and run.progress_at and now - run.progress_at > timedelta(minutes=2):
+            svc.storage.send_run_message({"type": "tags", "runId": run_id})  # its planner died: ask again
+        run = settle(svc, run_id, tally) or run
+        if not run.status.is_final and stuck_reason(run, now):
+            log.warning("run looks stuck: %s", stuck_reason(run, now), extra={"run_id": run.id, "export_id": run.export_id})
+            stuck.append(run)
+    return stuck
+
+
+class RetryError(RuntimeError):
+    """A run's failed batches cannot be sent again now; the message says why."""
+
+
+def retry_failed_batches(svc: Services, run_id: str) -> tuple[Run, int]:
+    """Send a run's failed batches again: those that were never sent or whose outcome was never learned.
+
+    Batches Omnisend processed keep their per-item results (resending a contact Omnisend rejected
+    would fail the same way). The run opens again: its failed counts go back to in-flight, it holds
+    its export's lock, and it ends like any run when the resent batches are counted.
+    """
+    run = svc.storage.get_run(run_id)
+    if run is None:
+        raise KeyError(run_id)
+    if not run.status.is_final:
+        raise RetryError(f"Run {run_id} is still {run.status.value}; retry its failed batches once it has ended.")
+    # FAILED: give-ups and unknown outcomes; QUEUED: put back by a retry that was interrupted
+    candidates = [b.number for b in svc.storage.list_batches(run_id)
+                  if b.status in (BatchStatus.FAILED, BatchStatus.QUEUED)]
+    if not candidates:
+        return run, 0
+    holder = svc.storage.claim_export(run.export_id, run.id, lambda other: other != run.id and _is_active(svc, other))
+    if holder is not None:
+        raise RetryError(f"Export {run.export_id} has run {holder} in progress; retry after it ends.")
+    payloads = []
+    for number in candidates:  # first take them out of the counts: the run cannot look complete meanwhile
+        found = svc.storage.get_batch(run_id, number)
+        if found is None:
+            continue
+        batch, etag = found
+        if batch.status is BatchStatus.QUEUED:
+            payloads.append(batch.payload)
+            continue
+        if batch.status is not BatchStatus.FAILED:
+            continue
+        by_reason, was_accepted, size = batch.failed_by_reason(), batch.omnisend_batch_id is not None, batch.size
+        batch.status, batch.failures, batch.failed, batch.confirmed, batch.error = BatchStatus.QUEUED, [], 0, 0, None
+
+        def uncount(t: Tally, by_reason=by_reason, was_accepted=was_accepted, size=size) -> None:
+            t.add_failures({reason: -n for reason, n in by_reason.items()})
+            t.failed_by_reason = {k: v for k, v in t.failed_by_reason.items() if v}
+            t.batches_done -= 1
+            t.batches_sent -= 1
+            if was_accepted:
+                t.sent -= size
+
+        if svc.storage.commit_batch(batch, etag, uncount) is not None:
+            payloads.append(batch.payload)
+
+    def reopen(r: Run):
+        r.status = RunStatus.UPLOADING
+        r.finished_at = None
+        r.error = None
+        r.counts_final = False
+
+    svc.storage.update_run(run_id, reopen)
+    for payload in payloads:
+        svc.storage.send_batch_message(json.dumps({"type": "send", **payload}, separators=(",", ":")))
+    log.info("retrying %d failed batches", len(payloads), extra={"run_id": run_id, "export_id": run.export_id})
+    return svc.storage.get_run(run_id), len(payloads)
 
 
 def fail_run(svc: Services, run_id: str, error: str) -> Run:
@@ -110,40 +274,3 @@ def fail_run(svc: Services, run_id: str, error: str) -> Run:
     run = svc.storage.update_run(run_id, mutate)
     log.warning("run failed: %s", error, extra={"run_id": run_id, "export_id": run.export_id})
     return run
-
-
-def record_batch_outcome(
-    svc: Services,
-    run_id: str,
-    *,
-    confirmed: int = 0,
-    failed_by_reason: dict[str, int] | None = None,
-    skipped: int = 0,
-    was_sent: bool = True,
-) -> Run:
-    """Count one batch as done. Call exactly once per batch (the batch entity's ETag guarantees it).
-
-    ``was_sent`` is False for a batch given up before Omnisend accepted it.
-    """
-
-    def mutate(run: Run):
-        c = run.counts
-        if not was_sent:
-            c.batches_sent += 1
-        c.confirmed += confirmed
-        for reason, n in (failed_by_reason or {}).items():
-            c.add_failures(reason, n)
-        c.skipped += skipped
-        c.batches_done += 1
-        settle(run, svc.clock())
-
-    return svc.storage.update_run(run_id, mutate)
-
-
-def record_batch_sent(svc: Services, run_id: str, size: int) -> Run:
-    def mutate(run: Run):
-        run.counts.sent += size
-        run.counts.batches_sent += 1
-        settle(run, svc.clock())
-
-    return svc.storage.update_run(run_id, mutate)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from . import segments
 from .domain import Export, Run
-from .runs import RunConflictError, active_run, last_succeeded_run, start_run
+from .runs import RunConflictError, active_run, last_succeeded_run, reconcile, start_run
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -24,10 +24,12 @@ class TickResult:
     waiting: list[str]  # export ids whose refresh is still being written
     up_to_date: list[str]
     errors: dict[str, str]  # export id -> why it could not be checked
+    stuck: list[str]  # run ids that show no progress (see runs.stuck_reason)
 
 
 def run_schedule(svc: Services) -> TickResult:
-    result = TickResult(started=[], waiting=[], up_to_date=[], errors={})
+    svc.storage.record_tick(svc.clock())
+    result = TickResult(started=[], waiting=[], up_to_date=[], errors={}, stuck=[r.id for r in reconcile(svc)])
     for export in svc.storage.list_exports():
         if not export.enabled:
             continue

@@ -13,7 +13,9 @@ from typing import Callable
 
 from .config import Settings, load_settings
 from .domain import Connection, utcnow
+from .membership import StateStore
 from .omnisend import OmnisendClient
+from .ratelimit import Budget, RateLimiter
 from .secrets import SecretStore, secret_store_from_settings
 from .storage import Storage
 
@@ -23,6 +25,7 @@ class Services:
     settings: Settings
     storage: Storage
     secrets: SecretStore
+    limiter: RateLimiter | None = None  # None: requests are not paced (Omnisend's 429s still are handled)
     clock: Callable[[], datetime] = utcnow
     _clients: threading.local = field(default_factory=threading.local, repr=False)
 
@@ -32,13 +35,18 @@ class Services:
         cache = getattr(self._clients, "by_key", None)
         if cache is None:
             cache = self._clients.by_key = {}
-        slot = hashlib.sha256(key.encode()).hexdigest()  # the key itself is never a dict key in memory dumps
+        slot = hashlib.sha256(f"{connection.id}:{key}".encode()).hexdigest()  # never the key itself
         client = cache.get(slot)
         if client is None:
             client = cache[slot] = OmnisendClient(
-                key, base_url=self.settings.omnisend_api_url, timeout=self.settings.omnisend_timeout_seconds
+                key, base_url=self.settings.omnisend_api_url, timeout=self.settings.omnisend_timeout_seconds,
+                pacer=self.limiter.pacer(connection.id) if self.limiter else None,
             )
         return client
+
+    @property
+    def states(self) -> StateStore:
+        return StateStore(self.storage.artifacts)
 
     def omnisend_with_key(self, api_key: str) -> OmnisendClient:
         """A one-off client for a key that is not stored yet (the connect check)."""
@@ -52,7 +60,12 @@ _services: Services | None = None
 def build_services(settings: Settings | None = None) -> Services:
     settings = settings or load_settings()
     storage = Storage(settings)
-    return Services(settings=settings, storage=storage, secrets=secret_store_from_settings(settings))
+    limiter = RateLimiter(
+        storage.rate_limits,
+        Budget(settings.omnisend_rate_limit, settings.omnisend_rate_window_seconds),
+        Budget(settings.omnisend_tags_rate_limit, settings.omnisend_rate_window_seconds),
+    )
+    return Services(settings=settings, storage=storage, secrets=secret_store_from_settings(settings), limiter=limiter)
 
 
 def get_services() -> Services:

@@ -11,12 +11,13 @@ import io
 import json
 import logging
 import time
+import zlib
 from datetime import datetime
 from typing import Callable, Iterator
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableServiceClient, UpdateMode
+from azure.data.tables import TableServiceClient, TableTransactionError, UpdateMode
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
@@ -26,19 +27,25 @@ from .domain import (
     Batch,
     BatchStatus,
     Connection,
+    Consent,
     Export,
+    Failure,
     Mapping,
     Refresh,
     Run,
     RunCounts,
     RunStatus,
     Source,
+    Tally,
     parse_iso,
 )
 
 log = logging.getLogger(__name__)
 
 RUN_INDEX_PARTITION = "~runs"  # pointer entities: run id -> export id
+LOCK_PARTITION = "~active"  # per export: the run that holds it
+HEARTBEAT_PARTITION = "~heartbeat"  # when the timer last ran
+TALLY_KEY = "~tally"  # the run's upload counts, in the run's batch partition
 REPORT_COLUMNS = ("stage", "partition", "row", "email", "reason", "detail")
 REPORT_HEADER = (",".join(REPORT_COLUMNS) + "\r\n").encode()
 
@@ -89,6 +96,7 @@ class Storage:
         self.exports = self.tables.get_table_client(config.TABLE_EXPORTS)
         self.runs = self.tables.get_table_client(config.TABLE_RUNS)
         self.batches = self.tables.get_table_client(config.TABLE_BATCHES)
+        self.rate_limits = self.tables.get_table_client(config.TABLE_RATE_LIMITS)
         self.artifacts = self.blobs.get_container_client(config.CONTAINER_RUN_ARTIFACTS)
 
     def queue_client(self, name: str):
@@ -98,7 +106,8 @@ class Storage:
 
     def ensure_resources(self) -> None:
         """Create the tables, queues and container the app uses (Bicep does this in Azure)."""
-        for table in (config.TABLE_CONNECTIONS, config.TABLE_EXPORTS, config.TABLE_RUNS, config.TABLE_BATCHES):
+        for table in (config.TABLE_CONNECTIONS, config.TABLE_EXPORTS, config.TABLE_RUNS, config.TABLE_BATCHES,
+                      config.TABLE_RATE_LIMITS):
             self.tables.create_table_if_not_exists(table)
         for name in (config.QUEUE_RUNS, config.QUEUE_BATCHES):
             for q in (name, name + config.POISON_SUFFIX):
@@ -169,6 +178,9 @@ class Storage:
                 "Mapping": json.dumps(x.mapping.to_api()),
                 "Enabled": x.enabled,
                 "DisabledReason": x.disabled_reason or "",
+                "Tag": x.tag or "",
+                "Consent": json.dumps(x.consent.to_api()) if x.consent else "",
+                "SendWelcomeMessage": x.send_welcome_message,
                 "CreatedAt": x.created_at,
                 "UpdatedAt": x.updated_at,
             },
@@ -185,6 +197,9 @@ class Storage:
             mapping=Mapping.from_api(json.loads(e["Mapping"])),
             enabled=bool(e["Enabled"]),
             disabled_reason=e.get("DisabledReason") or None,
+            tag=e.get("Tag") or None,
+            consent=Consent.from_api(json.loads(e["Consent"])) if e.get("Consent") else None,
+            send_welcome_message=bool(e.get("SendWelcomeMessage", False)),
             created_at=e["CreatedAt"],
             updated_at=e["UpdatedAt"],
         )
@@ -219,6 +234,8 @@ class Storage:
             "Error": r.error or "",
             "RefreshFolder": r.refresh_folder or "",
             "RefreshFingerprint": r.refresh_fingerprint or "",
+            "CountsFinal": r.counts_final,
+            "Full": r.full,
         }
 
     @staticmethod
@@ -236,15 +253,27 @@ class Storage:
             error=e.get("Error") or None,
             refresh_folder=e.get("RefreshFolder") or None,
             refresh_fingerprint=e.get("RefreshFingerprint") or None,
+            counts_final=bool(e.get("CountsFinal", False)),
+            full=bool(e.get("Full", False)),
+            progress_at=e.metadata.get("timestamp"),
         )
 
     def create_run(self, r: Run) -> None:
         self.runs.create_entity({"PartitionKey": RUN_INDEX_PARTITION, "RowKey": r.id, "ExportId": r.export_id})
         self.runs.create_entity(self._run_entity(r))
 
+    def _with_tally(self, run: Run) -> Run:
+        """A run's counts: planning counts from its entity, upload counts from its live tally."""
+        if not run.counts_final:
+            tally, _ = self.get_tally(run.id)
+            tally.apply_to(run.counts)
+            if tally.updated_at and (run.progress_at is None or tally.updated_at > run.progress_at):
+                run.progress_at = tally.updated_at
+        return run
+
     def get_run(self, run_id: str) -> Run | None:
         found = self._get_run_entity(run_id)
-        return self._run(found) if found is not None else None
+        return self._with_tally(self._run(found)) if found is not None else None
 
     def _get_run_entity(self, run_id: str):
         try:
@@ -258,7 +287,7 @@ class Storage:
         found = self.runs.query_entities("PartitionKey eq @p", parameters={"p": export_id}, results_per_page=limit)
         runs = []
         for e in found:
-            runs.append(self._run(e))
+            runs.append(self._with_tally(self._run(e)))
             if len(runs) >= limit:
                 break
         return runs
@@ -266,13 +295,14 @@ class Storage:
     def update_run(self, run_id: str, mutate: Callable[[Run], bool | None], attempts: int = 50) -> Run:
         """Read-modify-write with the entity's ETag, so concurrent workers never lose an update.
 
-        ``mutate`` changes the run in place; returning False means "nothing to write".
+        ``mutate`` changes the run in place (its counts include the live tally); returning False
+        means "nothing to write".
         """
         for attempt in range(attempts):
             entity = self._get_run_entity(run_id)
             if entity is None:
                 raise KeyError(run_id)
-            run = self._run(entity)
+            run = self._with_tally(self._run(entity))
             if mutate(run) is False:
                 return run
             try:
@@ -294,21 +324,81 @@ class Storage:
             self.runs.delete_entity(export_id, e["RowKey"])
             self.runs.delete_entity(RUN_INDEX_PARTITION, e["RowKey"])
 
-    # --- batches -----------------------------------------------------------------------------
+    # --- the timer's heartbeat --------------------------------------------------------------
 
-    @staticmethod
-    def _batch_key(number: int) -> str:
-        return f"{number:07d}"
+    def record_tick(self, when: datetime) -> None:
+        self.runs.upsert_entity({"PartitionKey": HEARTBEAT_PARTITION, "RowKey": "timer", "LastTick": when})
 
-    def get_batch(self, run_id: str, number: int) -> tuple[Batch, str] | None:
-        """The batch and its ETag, or None when no worker has touched it yet."""
+    def last_tick(self) -> datetime | None:
         try:
-            e = self.batches.get_entity(run_id, self._batch_key(number))
+            return self.runs.get_entity(HEARTBEAT_PARTITION, "timer")["LastTick"]
         except ResourceNotFoundError:
             return None
-        batch = Batch(
+
+    # --- run locks: one run per export at a time ------------------------------------------------
+
+    def claim_export(self, export_id: str, run_id: str, is_active: Callable[[str], bool]) -> str | None:
+        """Make ``run_id`` the export's one active run. Returns the id of the run holding it instead.
+
+        The lock names a run; a lock whose run has ended (or vanished) is taken over, so a crash
+        never leaves an export locked.
+        """
+        entity = {"PartitionKey": LOCK_PARTITION, "RowKey": export_id, "RunId": run_id}
+        for _ in range(10):
+            try:
+                self.runs.create_entity(entity)
+                return None
+            except ResourceExistsError:
+                pass
+            try:
+                held = self.runs.get_entity(LOCK_PARTITION, export_id)
+            except ResourceNotFoundError:
+                continue
+            if is_active(held["RunId"]):
+                return held["RunId"]
+            try:
+                self.runs.update_entity(entity, mode=UpdateMode.REPLACE, etag=held.metadata["etag"],
+                                        match_condition=MatchConditions.IfNotModified)
+                return None
+            except (ResourceModifiedError, HttpResponseError) as e:
+                if getattr(e, "status_code", None) != 412:
+                    raise
+        raise ConcurrencyError(f"The run lock of export {export_id} kept changing.")
+
+    def locked_runs(self) -> list[tuple[str, str]]:
+        """(export id, run id) of every export's latest claimed run: where active runs are found."""
+        return [(e["RowKey"], e["RunId"]) for e in self.runs.query_entities(
+            "PartitionKey eq @p", parameters={"p": LOCK_PARTITION})]
+
+    # --- batches and the tally ---------------------------------------------------------------
+    # A run's batch entities and its tally share one partition (the run id), so that finishing a
+    # batch and counting it is one entity-group transaction: a worker killed at any point leaves
+    # either both changes or neither.
+
+    # row keys: contacts "0000001" (digits sort first), tags "t0000001", untags "u0000001"
+    _PREFIX = {"contacts": "", "tags": "t", "untags": "u"}
+    _RANGE = {"contacts": ("0", "a"), "tags": ("t", "u"), "untags": ("u", "v")}
+
+    @classmethod
+    def _batch_key(cls, number: int, kind: str = "contacts") -> str:
+        return f"{cls._PREFIX[kind]}{number:07d}"
+
+    @staticmethod
+    def _pack(value) -> bytes:
+        return zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 6)
+
+    @staticmethod
+    def _unpack(value):
+        return json.loads(zlib.decompress(value)) if value else None
+
+    def _batch(self, run_id: str, e) -> Batch:
+        failures = self._unpack(e.get("Failures")) or []
+        key = e["RowKey"]
+        kind = {"t": "tags", "u": "untags"}.get(key[0], "contacts")
+        return Batch(
             run_id=run_id,
-            number=number,
+            kind=kind,
+            number=int(key.lstrip("tu")),
             size=e["Size"],
             status=BatchStatus(e["Status"]),
             omnisend_batch_id=e.get("OmnisendBatchId") or None,
@@ -316,18 +406,14 @@ class Storage:
             confirmed=e.get("Confirmed", 0),
             failed=e.get("Failed", 0),
             error=e.get("Error") or None,
+            payload=self._unpack(e.get("Payload")),
+            failures=[Failure(*f) for f in failures],
         )
-        return batch, e.metadata["etag"]
 
-    def save_batch(self, batch: Batch, etag: str | None) -> bool:
-        """Write a batch only if nobody else changed it since ``etag`` (None: only if it is new).
-
-        Returns False when another worker got there first: the caller lost the race and must not
-        act on the batch again.
-        """
-        entity = {
+    def _batch_entity(self, batch: Batch) -> dict:
+        return {
             "PartitionKey": batch.run_id,
-            "RowKey": self._batch_key(batch.number),
+            "RowKey": self._batch_key(batch.number, batch.kind),
             "Size": batch.size,
             "Status": batch.status.value,
             "OmnisendBatchId": batch.omnisend_batch_id or "",
@@ -335,41 +421,113 @@ class Storage:
             "Confirmed": batch.confirmed,
             "Failed": batch.failed,
             "Error": (batch.error or "")[:2000],
+            "Payload": self._pack(batch.payload) if batch.payload is not None else b"",
+            "Failures": self._pack([[f.index, f.reason, f.detail[:500]] for f in batch.failures]),
         }
-        try:
-            if etag is None:
-                self.batches.create_entity(entity)
-            else:
-                self.batches.update_entity(
-                    entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
-                )
-            return True
-        except ResourceExistsError:
-            return False
-        except (ResourceModifiedError, HttpResponseError) as e:
-            if getattr(e, "status_code", None) in (409, 412):
-                return False
-            raise
 
-    def list_batches(self, run_id: str) -> list[Batch]:
-        out = []
-        for e in self.batches.query_entities("PartitionKey eq @p", parameters={"p": run_id}):
-            out.append(
-                Batch(
-                    run_id=run_id,
-                    number=int(e["RowKey"]),
-                    size=e["Size"],
-                    status=BatchStatus(e["Status"]),
-                    omnisend_batch_id=e.get("OmnisendBatchId") or None,
-                    attempts=e.get("Attempts", 0),
-                    confirmed=e.get("Confirmed", 0),
-                    failed=e.get("Failed", 0),
-                    error=e.get("Error") or None,
-                )
-            )
-        return out
+    def get_batch(self, run_id: str, number: int, kind: str = "contacts") -> tuple[Batch, str] | None:
+        """The batch and its ETag, or None when no worker has recorded it yet."""
+        try:
+            e = self.batches.get_entity(run_id, self._batch_key(number, kind))
+        except ResourceNotFoundError:
+            return None
+        return self._batch(run_id, e), e.metadata["etag"]
+
+    def list_batches(self, run_id: str, failed_only: bool = False, kind: str = "contacts") -> Iterator[Batch]:
+        lo, hi = self._RANGE[kind]
+        query = "PartitionKey eq @p and RowKey ge @lo and RowKey lt @hi" + (" and Failed gt 0" if failed_only else "")
+        for e in self.batches.query_entities(query, parameters={"p": run_id, "lo": lo, "hi": hi}):
+            yield self._batch(run_id, e)
+
+    @staticmethod
+    def _tally(e) -> Tally:
+        data = json.loads(e.get("Counts") or "{}")
+        return Tally(
+            planned=e.get("Planned", -1),
+            untags_planned=data.get("untagsPlanned", 0),
+            untags_done=data.get("untagsDone", 0),
+            tags_planned=data.get("tagsPlanned", -1),
+            tags_done=data.get("tagsDone", 0),
+            tagged=data.get("tagged", 0),
+            untagged=data.get("untagged", 0),
+            tag_failures=data.get("tagFailures", 0),
+            sent=data.get("sent", 0),
+            batches_sent=data.get("batchesSent", 0),
+            confirmed=data.get("confirmed", 0),
+            failed=data.get("failed", 0),
+            failed_by_reason=data.get("failedByReason", {}),
+            batches_done=data.get("batchesDone", 0),
+            updated_at=e.metadata.get("timestamp"),
+        )
+
+    @staticmethod
+    def _tally_entity(run_id: str, t: Tally) -> dict:
+        counts = {"sent": t.sent, "batchesSent": t.batches_sent, "confirmed": t.confirmed, "failed": t.failed,
+                  "failedByReason": t.failed_by_reason, "batchesDone": t.batches_done,
+                  "untagsPlanned": t.untags_planned, "untagsDone": t.untags_done, "tagsPlanned": t.tags_planned,
+                  "tagsDone": t.tags_done, "tagged": t.tagged, "untagged": t.untagged, "tagFailures": t.tag_failures}
+        return {"PartitionKey": run_id, "RowKey": TALLY_KEY, "Planned": t.planned, "Counts": json.dumps(counts)}
+
+    def get_tally(self, run_id: str) -> tuple[Tally, str | None]:
+        try:
+            e = self.batches.get_entity(run_id, TALLY_KEY)
+        except ResourceNotFoundError:
+            return Tally(), None
+        return self._tally(e), e.metadata["etag"]
+
+    def _write_tally_op(self, run_id: str, tally: Tally, etag: str | None) -> tuple:
+        entity = self._tally_entity(run_id, tally)
+        if etag is None:
+            return ("create", entity)
+        return ("update", entity, {"mode": UpdateMode.REPLACE, "etag": etag,
+                                   "match_condition": MatchConditions.IfNotModified})
+
+    def update_tally(self, run_id: str, mutate: Callable[[Tally], None], attempts: int = 100) -> Tally:
+        for attempt in range(attempts):
+            tally, etag = self.get_tally(run_id)
+            mutate(tally)
+            try:
+                self.batches.submit_transaction([self._write_tally_op(run_id, tally, etag)])
+                return tally
+            except TableTransactionError as e:
+                if e.status_code not in (409, 412):
+                    raise
+                time.sleep(min(0.005 * (attempt + 1), 0.1))
+        raise ConcurrencyError(f"The tally of run {run_id} changed {attempts} times while being updated.")
+
+    def commit_batch(self, batch: Batch, etag: str | None, mutate: Callable[[Tally], None],
+                     attempts: int = 100) -> Tally | None:
+        """Write ``batch`` (new when ``etag`` is None, else only if unchanged since ``etag``) and apply
+        ``mutate`` to the run's tally, atomically. Returns the new tally, or None when another
+        worker changed the batch first: the caller lost the race and must not act on it again.
+        """
+        if etag is None:
+            batch_op: tuple = ("create", self._batch_entity(batch))
+        else:
+            batch_op = ("update", self._batch_entity(batch),
+                        {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified})
+        for attempt in range(attempts):
+            tally, tally_etag = self.get_tally(batch.run_id)
+            mutate(tally)
+            try:
+                self.batches.submit_transaction([batch_op, self._write_tally_op(batch.run_id, tally, tally_etag)])
+                return tally
+            except TableTransactionError as e:
+                if e.index == 0 and e.status_code in (409, 412):
+                    return None  # the batch changed under us
+                if e.status_code not in (409, 412):
+                    raise
+                time.sleep(min(0.005 * (attempt + 1), 0.1))  # only the tally moved: count again
+        raise ConcurrencyError(f"The tally of run {batch.run_id} changed {attempts} times while being updated.")
 
     # --- queues ------------------------------------------------------------------------------
+
+    def queue_length(self, name: str) -> int:
+        """Approximate number of messages in a queue (0 when it does not exist)."""
+        try:
+            return self.queue_client(name).get_queue_properties().approximate_message_count or 0
+        except ResourceNotFoundError:
+            return 0
 
     def send_run_message(self, body: dict) -> None:
         self.run_queue.send_message(json.dumps(body, separators=(",", ":")))
@@ -392,13 +550,28 @@ class Storage:
         return ReportWriter(self._report_blob(run_id))
 
     def read_report(self, run_id: str) -> Iterator[bytes]:
-        """The run's report as CSV bytes, streamed; only the header when nothing was rejected."""
+        """The run's report as CSV, streamed: the planner's rejections, then every contact that did
+        not land at Omnisend, from the batch entities (their outcome and their report are one record)."""
         try:
-            stream = self._report_blob(run_id).download_blob()
+            yield from self._report_blob(run_id).download_blob().chunks()
         except ResourceNotFoundError:
             yield REPORT_HEADER
-            return
-        yield from stream.chunks()
+        buf = io.StringIO()
+        out = csv.writer(buf, lineterminator="\r\n")
+        for batch in self.list_batches(run_id, failed_only=True):
+            payload = batch.payload or {}
+            parts, refs = payload.get("parts", []), payload.get("refs", [])
+            contacts = payload.get("contacts", [])
+            for f in batch.failures:
+                part, row = (parts[refs[f.index][0]], refs[f.index][1]) if f.index < len(refs) else ("", "")
+                email = contacts[f.index]["identifiers"][0]["id"] if f.index < len(contacts) else ""
+                out.writerow(("upload", part, row, email, f.reason, f.detail))
+            if buf.tell() > 1 << 16:
+                yield buf.getvalue().encode()
+                buf.seek(0)
+                buf.truncate()
+        if buf.tell():
+            yield buf.getvalue().encode()
 
 
 class ReportWriter:

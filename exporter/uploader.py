@@ -5,8 +5,10 @@ Two message types share the batch queue:
 - ``check``: a delayed follow-up; GET /batches/{id} until done, then its items, then count them.
 Waiting is done by the queue (a message's visibility delay), never by a worker sleeping.
 
-Each batch has an entity in the batches table; every state change is ETag-guarded, so a message
-delivered twice neither sends a batch twice (once accepted) nor counts it twice.
+Every step that changes a batch also changes the run's tally, in one transaction
+(``Storage.commit_batch``), guarded by the batch's ETag. So a message delivered twice neither sends
+an accepted batch again nor counts it twice, and a worker killed at any point loses nothing: its
+message comes back and finds the batch exactly as the last completed step left it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import logging
 import random
 
-from .domain import Batch, BatchStatus
+from .domain import Batch, BatchStatus, Failure, Tally
 from .omnisend import (
     BatchItemResult,
     OmnisendAuthError,
@@ -23,7 +25,7 @@ from .omnisend import (
     OmnisendRateLimited,
     OmnisendUnavailable,
 )
-from .runs import fail_run, record_batch_outcome, record_batch_sent
+from .runs import fail_run, settle
 from .secrets import SecretStoreError
 from .services import Services
 
@@ -70,31 +72,60 @@ def handle_batch_message(svc: Services, text: str, dequeue_count: int = 1) -> No
             _send(svc, msg, ctx)
         elif msg.get("type") == "check":
             _check(svc, msg, ctx)
+        elif msg.get("type") in ("tags", "untags"):
+            _tags(svc, msg, ctx)
         else:
             log.error("unknown batch message type %r dropped", msg.get("type"), extra=ctx)
     except Exception as e:  # noqa: BLE001 - the last delivery must account for the batch, not vanish
         if dequeue_count < MAX_DEQUEUE_COUNT:
             raise
         log.exception("batch failed on its last delivery", extra=ctx)
-        _give_up(svc, msg, REASON_INTERNAL, f"{type(e).__name__} on the last of {dequeue_count} deliveries")
+        _give_up_any(svc, msg, REASON_INTERNAL, f"{type(e).__name__} on the last of {dequeue_count} deliveries")
+
+
+def _give_up_any(svc: Services, msg: dict, reason: str, detail: str) -> None:
+    if msg.get("type") in ("tags", "untags"):
+        _tags_failed(svc, msg, detail)
+    else:
+        _give_up(svc, msg, reason, detail)
+
+
+def handle_poison_message(svc: Services, text: str) -> None:
+    """A batch message the host gave up on (it failed on every delivery): account for its batch."""
+    try:
+        msg = json.loads(text)
+        msg["runId"], msg["batch"]
+    except (ValueError, KeyError, TypeError):
+        log.error("unreadable message in the poison queue dropped (%d characters)", len(text))
+        return
+    _give_up_any(svc, msg, REASON_INTERNAL, "the message failed on every delivery and reached the poison queue")
+
+
+def _commit(svc: Services, batch: Batch, etag: str | None, mutate) -> bool:
+    """Write the batch and move the tally in one step; then let the run follow its tally."""
+    tally = svc.storage.commit_batch(batch, etag, mutate)
+    if tally is None:
+        log.info("batch %d changed under this worker; its step was already done", batch.number,
+                 extra={"run_id": batch.run_id, "batch": batch.number})
+        return False
+    settle(svc, batch.run_id, tally)
+    return True
 
 
 # --- send ---------------------------------------------------------------------------------------
 
 
-def _emails(msg: dict) -> list[str]:
-    return [c["identifiers"][0]["id"] for c in msg["contacts"]]
-
-
 def _send(svc: Services, msg: dict, ctx: dict) -> None:
     run_id, number = msg["runId"], msg["batch"]
     found = svc.storage.get_batch(run_id, number)
+    etag = None
     if found is not None:
-        batch, _ = found
+        batch, etag = found
         if batch.status is BatchStatus.ACCEPTED:  # redelivered after a crash: make sure a check follows
             _schedule_check(svc, msg, batch.omnisend_batch_id, polls=0)
-        log.info("batch already %s; redelivery ignored", batch.status.value, extra=ctx)
-        return
+        if batch.status is not BatchStatus.QUEUED:  # QUEUED: put back for a retry; anything else: done
+            log.info("batch already %s; redelivery ignored", batch.status.value, extra=ctx)
+            return
     run = svc.storage.get_run(run_id)
     if run is None:
         log.warning("run no longer exists; batch dropped", extra=ctx)
@@ -133,14 +164,22 @@ def _send(svc: Services, msg: dict, ctx: dict) -> None:
     except OmnisendError as e:
         _give_up(svc, msg, REASON_NOT_SENT_REJECTED, str(e))
         return
-    batch = Batch(run_id=run_id, number=number, size=len(msg["contacts"]), status=BatchStatus.ACCEPTED,
-                  omnisend_batch_id=batch_id, attempts=msg.get("attempt", 0) + 1)
-    if not svc.storage.save_batch(batch, etag=None):
-        log.warning("another delivery sent this batch concurrently; Omnisend upserts, nothing counted twice", extra=ctx)
-        return
-    record_batch_sent(svc, run_id, batch.size)
-    _schedule_check(svc, msg, batch_id, polls=0)
-    log.info("batch accepted by Omnisend as %s", batch_id, extra=ctx)
+    size = len(msg["contacts"])
+    batch = Batch(run_id=run_id, number=number, size=size, status=BatchStatus.ACCEPTED,
+                  omnisend_batch_id=batch_id, attempts=msg.get("attempt", 0) + 1, payload=_payload(msg))
+
+    def sent(t: Tally) -> None:
+        t.sent += size
+        t.batches_sent += 1
+
+    if _commit(svc, batch, etag, sent):
+        _schedule_check(svc, msg, batch_id, polls=0)
+        log.info("batch accepted by Omnisend as %s", batch_id, extra=ctx)
+
+
+def _payload(msg: dict) -> dict:
+    """What a batch keeps of its send message: enough to report on it and to send it again."""
+    return {k: msg[k] for k in ("runId", "exportId", "connectionId", "batch", "parts", "refs", "fps", "contacts") if k in msg}
 
 
 def _schedule_check(svc: Services, msg: dict, omnisend_batch_id: str, polls: int, delay: float | None = None) -> None:
@@ -152,9 +191,6 @@ def _schedule_check(svc: Services, msg: dict, omnisend_batch_id: str, polls: int
         "batch": msg["batch"],
         "omnisendBatchId": omnisend_batch_id,
         "polls": polls,
-        "parts": msg["parts"],
-        "refs": msg["refs"],
-        "emails": msg.get("emails") or _emails(msg),
     }
     if delay is None:
         delay = svc.settings.batch_check_delay_seconds * min(2**polls, 15)
@@ -183,98 +219,170 @@ def _check(svc: Services, msg: dict, ctx: dict) -> None:
         log.error("check for a batch that was never recorded; ignored", extra=ctx)
         return
     batch, etag = found
-    if batch.status.is_final:
-        return
+    if batch.status is not BatchStatus.ACCEPTED or batch.omnisend_batch_id != msg["omnisendBatchId"]:
+        return  # already counted, or sent again since (a retry schedules its own check)
     polls = msg.get("polls", 0) + 1
     connection = svc.storage.get_connection(msg["connectionId"])
     try:
         if connection is None:
             raise SecretStoreError("the connection was removed")
         client = svc.omnisend(connection)
-        info = client.get_batch(msg["omnisendBatchId"])
+        info, items = client.get_batch_result(msg["omnisendBatchId"])  # status and items: one request
         if not info.is_done:
             if polls >= MAX_CHECK_POLLS:
-                _finish(svc, msg, batch, etag, {}, {REASON_OUTCOME_UNKNOWN: batch.size}, "never finished at Omnisend")
+                _fail_all(svc, batch, etag, REASON_OUTCOME_UNKNOWN, "the batch never finished at Omnisend")
                 return
             _schedule_check(svc, msg, msg["omnisendBatchId"], polls)
             return
-        items = client.get_batch_items(msg["omnisendBatchId"])
     except OmnisendRateLimited as e:
         _schedule_check(svc, msg, msg["omnisendBatchId"], msg.get("polls", 0), delay=e.retry_after + random.uniform(0, 1))
         return
     except OmnisendUnavailable as e:
         if polls >= MAX_CHECK_POLLS:
-            _finish(svc, msg, batch, etag, {}, {REASON_OUTCOME_UNKNOWN: batch.size}, str(e))
+            _fail_all(svc, batch, etag, REASON_OUTCOME_UNKNOWN, str(e))
             return
         _schedule_check(svc, msg, msg["omnisendBatchId"], polls, delay=_backoff(min(polls, 6)))
         return
     except (OmnisendError, SecretStoreError) as e:
         if isinstance(e, OmnisendAuthError):
             fail_run(svc, run_id, auth_error_message(svc, msg["connectionId"]))
-        _finish(svc, msg, batch, etag, {}, {REASON_OUTCOME_UNKNOWN: batch.size}, str(e))
+        _fail_all(svc, batch, etag, REASON_OUTCOME_UNKNOWN, str(e))
         return
 
-    index = {email.casefold(): i for i, email in enumerate(msg["emails"])}
+    contacts = (batch.payload or {}).get("contacts", [])
+    index = {c["identifiers"][0]["id"].casefold(): i for i, c in enumerate(contacts)}
     outcome: dict[int, tuple[str, str] | None] = {}  # contact index -> None (stored) or (reason, detail)
     for item in items:
         i = index.get((item.email or "").casefold())
-        if i is None:
-            continue
-        outcome[i] = None if item.ok else _item_reason(item)
-    missing_reason = REASON_STOPPED if info.status == "stopped" else REASON_NOT_REPORTED
-    failures: dict[int, tuple[str, str]] = {}
-    for i in range(len(msg["emails"])):
-        result = outcome.get(i, (missing_reason, f"Omnisend batch {info.status}"))
-        if result is not None:
-            failures[i] = result
-    by_reason: dict[str, int] = {}
-    for reason, _ in failures.values():
-        by_reason[reason] = by_reason.get(reason, 0) + 1
-    _finish(svc, msg, batch, etag, failures, by_reason, None)
+        if i is not None:
+            outcome[i] = None if item.ok else _item_reason(item)
+    missing = (REASON_STOPPED if info.status == "stopped" else REASON_NOT_REPORTED, f"Omnisend batch {info.status}")
+    batch.failures = [Failure(i, *outcome.get(i, missing)) for i in range(batch.size) if outcome.get(i, missing) is not None]
+    batch.status = BatchStatus.FINISHED
+    batch.failed = len(batch.failures)
+    batch.confirmed = batch.size - batch.failed
+    by_reason = batch.failed_by_reason()
+
+    def counted(t: Tally) -> None:
+        t.confirmed += batch.confirmed
+        t.add_failures(by_reason)
+        t.batches_done += 1
+
+    _commit(svc, batch, etag, counted)
 
 
-def _finish(svc: Services, msg: dict, batch: Batch, etag: str, failures: dict, by_reason: dict[str, int],
-            error: str | None) -> None:
-    """End a batch once: whoever wins the ETag race reports and counts it."""
-    failed = sum(by_reason.values())
-    batch.status = BatchStatus.FAILED if error else BatchStatus.FINISHED
-    batch.failed = failed
-    batch.confirmed = batch.size - failed
-    batch.error = error
-    if not svc.storage.save_batch(batch, etag):
-        return
-    report = svc.storage.open_report(msg["runId"])
-    parts, refs, emails = msg["parts"], msg["refs"], msg["emails"]
-    if failures:
-        for i, (reason, detail) in sorted(failures.items()):
-            pi, row = refs[i]
-            report.add("upload", parts[pi], row, emails[i], reason, detail)
-    else:
-        for reason in by_reason:  # every contact failed the same way (outcome unknown)
-            for i, email in enumerate(emails):
-                pi, row = refs[i]
-                report.add("upload", parts[pi], row, email, reason, error or "")
-    report.close()
-    record_batch_outcome(svc, msg["runId"], confirmed=batch.confirmed, failed_by_reason=by_reason)
+def _fail_all(svc: Services, batch: Batch, etag: str, reason: str, detail: str) -> None:
+    """An accepted batch whose outcome cannot be learned: its contacts count as failed."""
+    batch.status = BatchStatus.FAILED
+    batch.error = detail
+    batch.failures = [Failure(i, reason, detail) for i in range(batch.size)]
+    batch.failed, batch.confirmed = batch.size, 0
+
+    def counted(t: Tally) -> None:
+        t.add_failures({reason: batch.size})
+        t.batches_done += 1
+
+    _commit(svc, batch, etag, counted)
 
 
 def _give_up(svc: Services, msg: dict, reason: str, detail: str) -> None:
     """Account for a batch that will not be sent (or whose send kept failing): every contact failed."""
-    contacts = msg.get("contacts")
-    size = len(contacts) if contacts is not None else len(msg.get("emails", []))
     found = svc.storage.get_batch(msg["runId"], msg["batch"])
     if found is not None and found[0].status.is_final:
         return
-    was_sent = found is not None  # an accepted batch whose outcome could not be learned
-    batch = Batch(run_id=msg["runId"], number=msg["batch"], size=size, status=BatchStatus.FAILED, error=detail,
-                  failed=size, omnisend_batch_id=found[0].omnisend_batch_id if found else None)
-    if not svc.storage.save_batch(batch, found[1] if found else None):
+    if found is not None and found[0].status is BatchStatus.ACCEPTED:
+        _fail_all(svc, found[0], found[1], reason, detail)
         return
-    emails = msg.get("emails") or _emails(msg)
-    report = svc.storage.open_report(msg["runId"])
-    for i, email in enumerate(emails):
-        pi, row = msg["refs"][i]
-        report.add("upload", msg["parts"][pi], row, email, reason, detail)
-    report.close()
-    record_batch_outcome(svc, msg["runId"], failed_by_reason={reason: size}, was_sent=was_sent)
-    log.warning("batch given up: %s (%s)", reason, detail, extra={"run_id": msg["runId"], "batch": msg["batch"]})
+    payload = _payload(msg) if msg.get("type") == "send" else (found[0].payload if found else None)
+    if payload is None:
+        log.error("batch %s cannot be accounted: its contacts are unknown", msg.get("batch"), extra={"run_id": msg["runId"]})
+        return
+    size = len(payload["contacts"])
+    batch = Batch(run_id=msg["runId"], number=msg["batch"], size=size, status=BatchStatus.FAILED, error=detail,
+                  failed=size, payload=payload, failures=[Failure(i, reason, detail) for i in range(size)])
+
+    def counted(t: Tally) -> None:
+        t.add_failures({reason: size})
+        t.batches_sent += 1  # it left the queue, unsent
+        t.batches_done += 1
+
+    if _commit(svc, batch, found[1] if found else None, counted):
+        log.warning("batch given up: %s (%s)", reason, detail, extra={"run_id": msg["runId"], "batch": msg["batch"]})
+
+
+# --- membership tags ------------------------------------------------------------------------------
+
+
+def _tags(svc: Services, msg: dict, ctx: dict) -> None:
+    """Add (``tags``) or remove (``untags``) the export's membership tag for up to 250 emails."""
+    kind = msg["type"]
+    found = svc.storage.get_batch(msg["runId"], msg["batch"], kind)
+    if found is not None and found[0].status.is_final:
+        return
+    run = svc.storage.get_run(msg["runId"])
+    if run is None:
+        return
+    if run.status.is_final:
+        _tags_failed(svc, msg, f"not sent: the run was {run.status.value}")
+        return
+    connection = svc.storage.get_connection(msg["connectionId"])
+    if connection is None:
+        _tags_failed(svc, msg, "not sent: the connection was removed")
+        return
+    try:
+        client = svc.omnisend(connection)
+        if kind == "tags":
+            client.add_tags([msg["tag"]], msg["emails"])
+        else:
+            client.remove_tags([msg["tag"]], msg["emails"])
+    except OmnisendRateLimited as e:
+        svc.storage.send_batch_message(_dumps(msg), delay_seconds=e.retry_after + random.uniform(0, 1))
+        return
+    except OmnisendUnavailable as e:
+        attempt = msg.get("attempt", 0) + 1
+        if attempt >= MAX_SEND_ATTEMPTS:
+            _tags_failed(svc, msg, f"Omnisend unavailable after {attempt} attempts: {e}")
+            return
+        svc.storage.send_batch_message(_dumps({**msg, "attempt": attempt}), delay_seconds=_backoff(attempt))
+        return
+    except OmnisendAuthError:
+        fail_run(svc, msg["runId"], auth_error_message(svc, msg["connectionId"]))
+        _tags_failed(svc, msg, "Omnisend rejected the API key")
+        return
+    except (OmnisendError, SecretStoreError) as e:
+        _tags_failed(svc, msg, str(e))
+        return
+    size = len(msg["emails"])
+    batch = Batch(run_id=msg["runId"], number=msg["batch"], size=size, kind=kind, status=BatchStatus.FINISHED,
+                  confirmed=size, payload={"tag": msg["tag"], "emails": msg["emails"]})
+
+    def done(t: Tally) -> None:
+        if kind == "tags":
+            t.tags_done += 1
+            t.tagged += size
+        else:
+            t.untags_done += 1
+            t.untagged += size
+
+    _commit(svc, batch, found[1] if found else None, done)
+
+
+def _tags_failed(svc: Services, msg: dict, detail: str) -> None:
+    """A tag batch that will not be done: its members stay out of the state, so the next run redoes them."""
+    kind = msg["type"]
+    found = svc.storage.get_batch(msg["runId"], msg["batch"], kind)
+    if found is not None and found[0].status.is_final:
+        return
+    size = len(msg["emails"])
+    batch = Batch(run_id=msg["runId"], number=msg["batch"], size=size, kind=kind, status=BatchStatus.FAILED,
+                  failed=size, error=detail, payload={"tag": msg["tag"], "emails": msg["emails"]})
+
+    def failed(t: Tally) -> None:
+        t.tag_failures += size
+        if kind == "tags":
+            t.tags_done += 1
+        else:
+            t.untags_done += 1
+
+    if _commit(svc, batch, found[1] if found else None, failed):
+        log.warning("%s batch failed: %s", kind, detail, extra={"run_id": msg["runId"], "batch": msg["batch"]})

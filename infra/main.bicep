@@ -78,6 +78,18 @@ param secretCacheSeconds int = 300
 @description('OMNISEND_TIMEOUT_SECONDS: timeout of one call to the Omnisend API.')
 param omnisendTimeoutSeconds int = 30
 
+@minValue(1)
+@description('OMNISEND_RATE_LIMIT: requests per window Omnisend allows the brand (400 a minute); all workers share it.')
+param omnisendRateLimit int = 400
+
+@minValue(1)
+@description('OMNISEND_TAGS_RATE_LIMIT: requests per window to the tags endpoints (60 a minute).')
+param omnisendTagsRateLimit int = 60
+
+@minValue(1)
+@description('OMNISEND_RATE_WINDOW_SECONDS: the window of both rate limits, in seconds.')
+param omnisendRateWindowSeconds int = 60
+
 @minValue(0)
 @description('BATCH_CHECK_DELAY_SECONDS: delay before checking on a batch Omnisend accepted.')
 param batchCheckDelaySeconds int = 2
@@ -116,6 +128,7 @@ var tableNames = [
   'exports'
   'runs'
   'batches'
+  'ratelimits'
 ]
 var runArtifactsContainerName = 'exporter-runs'
 
@@ -219,6 +232,9 @@ module api 'app/api.bicep' = {
     refreshSettleSeconds: refreshSettleSeconds
     secretCacheSeconds: secretCacheSeconds
     omnisendTimeoutSeconds: omnisendTimeoutSeconds
+    omnisendRateLimit: omnisendRateLimit
+    omnisendTagsRateLimit: omnisendTagsRateLimit
+    omnisendRateWindowSeconds: omnisendRateWindowSeconds
     batchCheckDelaySeconds: batchCheckDelaySeconds
     authClientId: authClientId
     authOpenIdIssuer: '${environment().authentication.loginEndpoint}${effectiveAuthTenantId}/v2.0'

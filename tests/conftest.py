@@ -58,7 +58,9 @@ def sandbox():
     """The local Omnisend sandbox over real HTTP, with one valid API key."""
     from devtools.omnisend_sandbox import SandboxServer
 
-    server = SandboxServer(api_keys={TEST_API_KEY: TEST_BRAND}, batch_delay_seconds=0.02)
+    # Omnisend's limits, except the tags endpoints' 60 a minute: most tests are not about pacing tags
+    server = SandboxServer(api_keys={TEST_API_KEY: TEST_BRAND}, batch_delay_seconds=0.02, tags_rate_limit=6000,
+                           tags_delay_seconds=0.01)
     server.start()
     yield server
     server.stop()
@@ -87,6 +89,7 @@ def app_env(sandbox):
         "REFRESH_SETTLE_SECONDS": "0",
         "BATCH_CHECK_DELAY_SECONDS": "1",
         "OMNISEND_TIMEOUT_SECONDS": "5",
+        "OMNISEND_TAGS_RATE_LIMIT": "6000",
     }
 
 

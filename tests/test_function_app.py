@@ -16,9 +16,11 @@ def test_timer_reads_its_schedule_from_the_app_setting():
     assert timer["schedule"] == "%EXPORT_SCHEDULE%" and timer["runOnStartup"] is False
 
 
-def test_queue_triggers_listen_on_the_configured_queues_through_azurewebjobsstorage():
+def test_queue_triggers_listen_on_the_configured_queues_and_their_poison_queues():
     queues = {b[0]["queueName"]: b[0]["connection"] for b in bindings().values() if b[0]["type"] == "queueTrigger"}
-    assert queues == {config.QUEUE_RUNS: "AzureWebJobsStorage", config.QUEUE_BATCHES: "AzureWebJobsStorage"}
+    poison = config.POISON_SUFFIX
+    assert queues == {q: "AzureWebJobsStorage" for q in (config.QUEUE_RUNS, config.QUEUE_BATCHES,
+                                                         config.QUEUE_RUNS + poison, config.QUEUE_BATCHES + poison)}
 
 
 def test_http_routes_cover_the_api():

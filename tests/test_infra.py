@@ -425,7 +425,7 @@ def test_queue_names_match_config(project):
 
 def test_table_names_match_config(project):
     names = _created_names(project, "Microsoft.Storage/storageAccounts/tableServices/tables", "tableNames")
-    expected = [config.TABLE_CONNECTIONS, config.TABLE_EXPORTS, config.TABLE_RUNS, config.TABLE_BATCHES]
+    expected = [value for name, value in vars(config).items() if name.startswith("TABLE_")]
     assert sorted(names) == sorted(expected)
 
 

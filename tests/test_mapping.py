@@ -3,7 +3,8 @@
 import pytest
 
 from exporter.domain import Mapping
-from exporter.mapping import ContactMapper, MappingError, Rejection, email_key, is_valid_email
+from exporter.domain import Consent
+from exporter.mapping import UNKNOWN_CONSENT_AT, ContactMapper, ContactOptions, MappingError, Rejection, email_key, is_valid_email
 
 COLUMNS = ("CustomerId", "E Mail", "First Name", "LastName", "Street", "Town", "Region", "Zip", "Country")
 FULL = Mapping(email="E Mail", first_name="First Name", last_name="LastName", address="Street", city="Town",
@@ -21,7 +22,8 @@ def test_every_optional_field_is_mapped_to_its_omnisend_name():
     contact = ContactMapper(COLUMNS, FULL).map(row())
     assert contact == {
         "identifiers": [{"type": "email", "id": "ana@example.com",
-                         "channels": {"email": {"status": "nonSubscribed"}}, "sendWelcomeMessage": False}],
+                         "channels": {"email": {"status": "nonSubscribed", "statusChangedAt": UNKNOWN_CONSENT_AT}},
+                         "sendWelcomeMessage": False}],
         "firstName": "Ana", "lastName": "Šimkutė", "address": "Gedimino pr. 1, 2", "city": "Vilnius",
         "state": "Vilniaus", "postalCode": "01103", "countryCode": "LT",
     }
@@ -76,3 +78,36 @@ def test_a_mapping_naming_missing_columns_says_which_and_lists_the_available_one
         ContactMapper(COLUMNS, Mapping(email="Email", city="City"))
     assert "email -> 'Email'" in str(e.value) and "city -> 'City'" in str(e.value)
     assert "E Mail" in str(e.value) and "Town" in str(e.value)
+
+
+CONSENT_COLUMNS = ("Mail", "Opt In", "Opted At")
+
+
+@pytest.mark.parametrize("value,at,channel", [
+    ("Yes", "2026-05-01", {"status": "subscribed", "statusChangedAt": "2026-05-01T00:00:00Z"}),
+    ("no", "2026-05-01T10:30:00+02:00", {"status": "unsubscribed", "statusChangedAt": "2026-05-01T08:30:00Z"}),
+    ("", "2026-05-01", {"status": "nonSubscribed", "statusChangedAt": UNKNOWN_CONSENT_AT}),
+    ("maybe", "", {"status": "nonSubscribed", "statusChangedAt": UNKNOWN_CONSENT_AT}),
+])
+def test_a_mapped_consent_column_sets_the_channel_status_with_its_date(value, at, channel):
+    mapper = ContactMapper(CONSENT_COLUMNS, Mapping(email="Mail"),
+                           ContactOptions(consent=Consent(column="Opt In", subscribed=("yes",), unsubscribed=("no",),
+                                                          changed_at_column="Opted At")))
+    contact = mapper.map(["a@example.com", value, at])
+    assert contact["identifiers"][0]["channels"]["email"] == channel
+
+
+def test_consent_without_a_date_column_is_left_for_the_refresh_time_and_bad_dates_reject_the_row():
+    undated = ContactMapper(CONSENT_COLUMNS, Mapping(email="Mail"), ContactOptions(consent=Consent(column="Opt In")))
+    assert undated.map(["a@example.com", "true", ""])["identifiers"][0]["channels"]["email"] == {"status": "subscribed"}
+    dated = ContactMapper(CONSENT_COLUMNS, Mapping(email="Mail"),
+                          ContactOptions(consent=Consent(column="Opt In", changed_at_column="Opted At")))
+    rejected = dated.map(["a@example.com", "true", "last tuesday"])
+    assert isinstance(rejected, Rejection) and rejected.reason == "invalid consent date"
+
+
+def test_welcome_message_only_when_the_export_opts_in():
+    mapper = ContactMapper(CONSENT_COLUMNS, Mapping(email="Mail"), ContactOptions(send_welcome_message=True))
+    assert mapper.map(["a@example.com", "", ""])["identifiers"][0]["sendWelcomeMessage"] is True
+    assert ContactMapper(CONSENT_COLUMNS, Mapping(email="Mail")).map(["a@example.com", "", ""])["identifiers"][0][
+        "sendWelcomeMessage"] is False

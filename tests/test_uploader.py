@@ -76,7 +76,14 @@ def test_redelivered_messages_neither_send_nor_count_twice(services, sandbox, se
             break
         upload_handler(as_message(m))
         upload_handler(as_message(m, dequeue_count=2))
+    tags = receive(services.storage, config.QUEUE_RUNS)  # contacts counted: plan the membership tags
+    plan_handler(as_message(tags))
+    plan_handler(as_message(tags, dequeue_count=2))
+    while (m := receive(services.storage, config.QUEUE_BATCHES, wait=1)) is not None:
+        upload_handler(as_message(m))
+        upload_handler(as_message(m, dequeue_count=2))
     run = wait_for_run(run_id, timeout=5)
+    assert run["counts"]["tagged"] == 150
     assert run["status"] == "succeeded"
     assert run["counts"]["confirmed"] == 150 == run["counts"]["sent"] and run["counts"]["batchesDone"] == 2
     assert len(sandbox.contacts(TEST_BRAND)) == 150
@@ -107,6 +114,7 @@ def test_items_omnisend_rejects_are_reported_with_its_reason(services, sandbox, 
         run.counts.batches = 1
 
     services.storage.update_run(run_id, as_planned)
+    services.storage.update_tally(run_id, lambda t: setattr(t, "planned", 1))
     services.storage.create_report(run_id)
     good = {"identifiers": [{"type": "email", "id": "good@example.com", "channels": {"email": {"status": "nonSubscribed"}},
                              "sendWelcomeMessage": False}]}
@@ -117,8 +125,10 @@ def test_items_omnisend_rejects_are_reported_with_its_reason(services, sandbox, 
     uploader.handle_batch_message(services, json.dumps(msg))
     check = receive(services.storage, config.QUEUE_BATCHES)
     upload_handler(as_message(check))
+    plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))  # plan the membership tags
+    upload_handler(as_message(receive(services.storage, config.QUEUE_BATCHES)))  # tag the stored contact
     run = services.storage.get_run(run_id)
-    assert run.status is RunStatus.PARTIALLY_SUCCEEDED
+    assert run.status is RunStatus.PARTIALLY_SUCCEEDED and run.counts.tagged == 1
     assert run.counts.confirmed == 1 and run.counts.failed_by_reason == {"rejected by Omnisend (400)": 1}
     (row,) = [r for r in report_rows(run_id) if r["stage"] == "upload"]
     assert row["email"] == "bad@example.com" and row["row"] == "2" and "countryCode" in row["detail"]
@@ -175,12 +185,11 @@ def test_the_last_delivery_of_a_failing_message_accounts_for_its_batch(services,
     def broken(*a, **kw):
         raise RuntimeError("storage outage")
 
-    monkeypatch.setattr(uploader, "record_batch_sent", broken)
+    monkeypatch.setattr(uploader, "_send", broken)
     if raises:  # an early delivery fails loudly: the host retries it
         with pytest.raises(RuntimeError):
             upload_handler(as_message(send, dequeue_count=dequeue_count))
     else:  # the last one, before the poison queue, counts the batch as failed instead
-        monkeypatch.setattr(uploader, "_send", broken)
         upload_handler(as_message(send, dequeue_count=dequeue_count))
         run = services.storage.get_run(run_id)
         assert run.counts.failed_by_reason == {"not sent: internal error": 30} and run.status is RunStatus.FAILED

@@ -82,6 +82,11 @@ def run_cancel(req: func.HttpRequest) -> func.HttpResponse:
     return serve(req, POST=api.cancel_run)
 
 
+@bp.route(route="runs/{id}/retry", methods=["POST"], auth_level=ANON)
+def run_retry(req: func.HttpRequest) -> func.HttpResponse:
+    return serve(req, POST=api.retry_run)
+
+
 @bp.route(route="health", methods=["GET"], auth_level=ANON)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return serve(req, GET=api.health)

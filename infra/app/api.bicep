@@ -29,6 +29,9 @@ param omnisendApiUrl string
 param refreshSettleSeconds int
 param secretCacheSeconds int
 param omnisendTimeoutSeconds int
+param omnisendRateLimit int
+param omnisendTagsRateLimit int
+param omnisendRateWindowSeconds int
 param batchCheckDelaySeconds int
 
 // Sign-in.
@@ -130,6 +133,9 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     REFRESH_SETTLE_SECONDS: string(refreshSettleSeconds)
     SECRET_CACHE_SECONDS: string(secretCacheSeconds)
     OMNISEND_TIMEOUT_SECONDS: string(omnisendTimeoutSeconds)
+    OMNISEND_RATE_LIMIT: string(omnisendRateLimit)
+    OMNISEND_TAGS_RATE_LIMIT: string(omnisendTagsRateLimit)
+    OMNISEND_RATE_WINDOW_SECONDS: string(omnisendRateWindowSeconds)
     BATCH_CHECK_DELAY_SECONDS: string(batchCheckDelaySeconds)
   }
 }

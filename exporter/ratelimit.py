@@ -1,0 +1,118 @@
+"""One request budget per Omnisend connection, shared by every worker on every instance.
+
+Omnisend allows 400 requests a minute per brand (sliding window; the tags endpoints 60), counting
+every request, polling included. Reacting to 429s wastes requests and stalls workers, so requests are
+paced before they are sent, with the same rule Omnisend applies: a sliding-window log. Each connection
+has one entity in Table Storage holding the times reserved in the last window; a request reserves the
+earliest time at which the window holds fewer than the limit, under the entity's ETag. A small export
+therefore goes at full speed, and a large one at exactly the budget. A worker then waits for its slot;
+when that wait would be long it does not sleep but raises ``OmnisendRateLimited``, so its message goes
+back on the queue with that delay.
+
+Reservations aim a little under the limit (``TARGET_SHARE``) and the window is taken a little longer
+(``WINDOW_MARGIN``), so network jitter and clock differences between instances do not tip a window
+over Omnisend's count.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from array import array
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Callable
+
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient, UpdateMode
+
+from .omnisend import OmnisendRateLimited
+
+log = logging.getLogger(__name__)
+
+TARGET_SHARE = 0.97  # of the limit
+WINDOW_MARGIN = 0.5  # seconds added to the window
+MAX_SLEEP_SECONDS = 5.0  # longer waits go back to the queue instead of holding a worker
+TAGS_PATH = "contacts/tags"
+PARTITION = "omnisend"
+
+
+@dataclass(frozen=True)
+class Budget:
+    per_window: int  # requests allowed per window
+    window_seconds: float
+
+    @property
+    def allowed(self) -> int:
+        return max(1, int(self.per_window * TARGET_SHARE))
+
+    @property
+    def window(self) -> float:
+        return self.window_seconds + WINDOW_MARGIN
+
+
+class RateLimiter:
+    def __init__(self, table: TableClient, general: Budget, tags: Budget, *,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
+        self.table = table
+        self.general = general
+        self.tags = tags
+        self.clock = clock
+        self.sleep = sleep
+
+    def pacer(self, connection_id: str) -> Callable[[str], None]:
+        """The hook an OmnisendClient calls before each request of this connection."""
+
+        def pace(path: str) -> None:
+            wait = self.reserve(f"{connection_id}", self.general)
+            if path.rstrip("/").endswith(TAGS_PATH):  # tags requests spend both budgets
+                wait = max(wait, self.reserve(f"{connection_id}-tags", self.tags))
+            if wait > 0:
+                self.sleep(wait)
+
+        return pace
+
+    def reserve(self, key: str, budget: Budget) -> float:
+        """Reserve the next slot; returns how long to wait for it, or raises when that is too long."""
+        for attempt in range(200):
+            entity, etag = self._get(key)
+            now = self.clock()
+            times = array("d")
+            times.frombytes(entity.get("Times") or b"")
+            cut = bisect_right(times, now - budget.window)  # what left the window
+            times = times[cut:]
+            slot = max(now, times[-1] if times else now)  # slots only move forward
+            if len(times) >= budget.allowed:
+                slot = max(slot, times[len(times) - budget.allowed] + budget.window)
+            wait = slot - now
+            if wait > MAX_SLEEP_SECONDS:
+                # nothing reserved: come back later, when the slot will be near
+                raise OmnisendRateLimited(
+                    f"Pacing requests to Omnisend: this connection's budget is spoken for the next {wait:.0f}s.",
+                    retry_after=wait - MAX_SLEEP_SECONDS / 2,
+                )
+            times.append(slot)
+            updated = {"PartitionKey": PARTITION, "RowKey": key, "Times": times[-budget.allowed:].tobytes()}
+            try:
+                if etag is None:
+                    self.table.create_entity(updated)
+                else:
+                    self.table.update_entity(updated, mode=UpdateMode.REPLACE, etag=etag,
+                                             match_condition=MatchConditions.IfNotModified)
+                return max(0.0, wait)
+            except ResourceExistsError:
+                continue
+            except (ResourceModifiedError, HttpResponseError) as e:
+                if getattr(e, "status_code", None) != 412:
+                    raise
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # another worker took this slot
+        raise OmnisendRateLimited("The rate budget of this connection is too contended right now.", retry_after=1.0)
+
+    def _get(self, key: str) -> tuple[dict, str | None]:
+        try:
+            e = self.table.get_entity(PARTITION, key)
+            return e, e.metadata["etag"]
+        except ResourceNotFoundError:
+            return {}, None

@@ -1,0 +1,71 @@
+"""The membership state: compact, sorted, merged correctly, and never half-written."""
+
+import pytest
+
+from exporter.membership import MemberState, StateHeader, StateStore, Upserts, fingerprint, member_key, merge
+
+
+def header(run_id="r1"):
+    return StateHeader("e1", "c1", "sync", "VIP", run_id, 0)
+
+
+def test_member_keys_are_stable_and_case_insensitive():
+    assert member_key("Ana@Example.com") == member_key("ana@example.COM")
+    assert member_key("a@example.com") != member_key("b@example.com")
+    assert fingerprint('{"a":1}') != fingerprint('{"a":2}')
+
+
+def test_merge_overwrites_adds_and_deletes():
+    previous = [(1, 10, "a"), (3, 30, "c"), (5, 50, "e"), (7, 70, "g")]
+    upserts = [(2, 20, "b"), (3, 31, "c"), (8, 80, "h")]
+    deletes = [5, 6]
+    assert list(merge(previous, upserts, deletes)) == [(1, 10, "a"), (2, 20, "b"), (3, 31, "c"), (7, 70, "g"), (8, 80, "h")]
+
+
+def test_upserts_come_back_sorted_and_unique():
+    u = Upserts()
+    for email in ["c@example.com", "a@example.com", "b@example.com", "A@example.com"]:
+        u.add(member_key(email), fingerprint(email), email)
+    out = list(u.sorted())
+    assert [k for k, _, _ in out] == sorted({member_key(e) for e in ["a@example.com", "b@example.com", "c@example.com"]})
+
+
+def test_state_round_trip_and_lookups(blob_service, unique):
+    container = blob_service.create_container(f"state{unique}")
+    try:
+        store = StateStore(container)
+        assert store.load("e1") is None
+        records = sorted((member_key(f"p{i}@example.com"), i, f"p{i}@example.com") for i in range(1000))
+        assert store.write(header(), records) == 1000
+        state = store.load("e1")
+        assert len(state) == 1000 and state.header.count == 1000 and state.header.tag == "VIP"
+        i = state.find(member_key("p7@example.com"))
+        assert i >= 0 and state.fps[i] == 7 and state.find(12345) == -1
+        for k in range(0, 1000, 2):
+            state.present[state.find(member_key(f"p{k}@example.com"))] = 1
+        leavers = {email for _, email in state.leavers()}
+        assert leavers == {f"p{k}@example.com" for k in range(1, 1000, 2)}
+        state.close()
+    finally:
+        container.delete_container()
+
+
+def test_a_crash_while_writing_leaves_the_previous_state(blob_service, unique):
+    container = blob_service.create_container(f"state{unique}")
+    try:
+        store = StateStore(container)
+        store.write(header("r1"), [(1, 1, "a@example.com"), (2, 2, "b@example.com")])
+
+        def dying():
+            yield 3, 3, "c@example.com"
+            raise RuntimeError("worker killed")
+
+        with pytest.raises(RuntimeError):
+            store.write(header("r2"), dying())
+        state = store.load("e1")
+        assert state.header.run_id == "r1" and len(state) == 2
+        with pytest.raises(ValueError):
+            store.write(header("r3"), [(2, 2, "b"), (1, 1, "a")])  # unsorted input is refused
+        assert store.load("e1").header.run_id == "r1"
+    finally:
+        container.delete_container()

@@ -1,0 +1,125 @@
+"""Nothing ends silently: poison messages are accounted, half-finished runs are repaired, stuck runs are visible."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+from azure.functions.queue import QueueMessage
+from azure.functions.timer import TimerRequest
+
+import function_app
+from apphelpers import create_connection, create_export, start_run, wait_for_run
+from conftest import TEST_API_KEY
+from devtools.sample_segment import generate_profiles, write_segment_refresh
+from exporter import config, runs, uploader
+from exporter.domain import RunStatus
+from exporter.local_runner import user_function
+
+plan = user_function(function_app.app, "plan_run")
+plan_poison = user_function(function_app.app, "plan_run_poison")
+upload_poison = user_function(function_app.app, "upload_batch_poison")
+tick = user_function(function_app.app, "export_schedule")
+
+
+def receive(storage, queue_name):
+    q = storage.queue_client(queue_name)
+    for m in q.receive_messages(messages_per_page=1):
+        q.delete_message(m)
+        return m
+    return None
+
+
+def queued_run(services, container, rows=120):
+    write_segment_refresh(container, folder="ci", segment="Seg", profiles=generate_profiles(rows, seed=8, invalid_share=0),
+                          when=datetime.now(timezone.utc) - timedelta(minutes=5))
+    conn = create_connection(TEST_API_KEY)
+    export = create_export(conn["id"], container.container_name, "ci", "Seg")
+    return start_run(export["id"])["runId"]
+
+
+def test_a_poisoned_batch_message_is_counted_as_failed(services, sandbox, segment_container):
+    run_id = queued_run(services, segment_container)
+    m = receive(services.storage, config.QUEUE_RUNS)
+    plan(QueueMessage(id=m.id, body=m.content.encode(), dequeue_count=1))
+    sends = [receive(services.storage, config.QUEUE_BATCHES) for _ in range(2)]
+    for m in sends:  # as if every delivery had failed and the host moved them to the poison queue
+        upload_poison(QueueMessage(id=m.id, body=m.content.encode(), dequeue_count=1))
+    run = services.storage.get_run(run_id)
+    assert run.status is RunStatus.FAILED and run.counts_final
+    assert run.counts.failed_by_reason == {uploader.REASON_INTERNAL: 120}
+    assert run.counts.read == run.counts.accounted == 120
+
+
+def test_a_poisoned_plan_message_fails_the_run_visibly(services, sandbox, segment_container):
+    run_id = queued_run(services, segment_container)
+    m = receive(services.storage, config.QUEUE_RUNS)
+    plan_poison(QueueMessage(id=m.id, body=m.content.encode(), dequeue_count=1))
+    run = services.storage.get_run(run_id)
+    assert run.status is RunStatus.FAILED and "poison" in run.error and run.counts_final
+
+
+def test_the_timer_repairs_a_run_whose_last_worker_died_before_ending_it(services, workers, sandbox, segment_container,
+                                                                       monkeypatch):
+    monkeypatch.setattr(uploader, "settle", lambda *a, **kw: None)  # workers count batches, then "die"
+    run_id = queued_run(services, segment_container, rows=250)
+    deadline = time.monotonic() + 60
+    while not services.storage.get_tally(run_id)[0].complete:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(1)
+    stalled = services.storage.get_run(run_id)
+    assert not stalled.status.is_final and services.storage.get_tally(run_id)[0].tags_planned == -1  # nobody moved it on
+    monkeypatch.undo()  # the workers that are left are healthy
+    tick(TimerRequest(past_due=False))
+    run = wait_for_run(run_id, timeout=30)
+    assert run["status"] == "succeeded" and run["counts"]["confirmed"] == 250 and run["counts"]["tagged"] == 250
+
+
+def test_a_run_nobody_plans_is_reported_stuck(services, sandbox, segment_container):
+    run_id = queued_run(services, segment_container)  # no workers: the plan message waits forever
+    run = services.storage.get_run(run_id)
+    assert runs.stuck_reason(run, datetime.now(timezone.utc)) is None
+    later = run.progress_at + timedelta(minutes=20)
+    assert "no planner picked it up" in runs.stuck_reason(run, later)
+    services.clock = lambda: later
+    assert [r.id for r in runs.reconcile(services)] == [run_id]
+    tick(TimerRequest(past_due=False))
+    assert services.storage.last_tick() is not None
+
+
+def test_retry_sends_the_failed_batches_again(services, workers, sandbox, segment_container, monkeypatch):
+    from apphelpers import call
+
+    monkeypatch.setattr(uploader, "_backoff", lambda attempt, **kw: 0.1)
+    sandbox.faults.force_status(503, count=uploader.MAX_SEND_ATTEMPTS, route="POST /batches")
+    run_id = queued_run(services, segment_container, rows=80)  # one batch, which exhausts its tries
+    first = wait_for_run(run_id)
+    assert first["status"] == "failed" and first["counts"]["failed"] == 80
+    assert call("run_retry", "POST", "", route_params={"id": "nope"})[0] == 404
+
+    status, body, _ = call("run_retry", "POST", "", route_params={"id": run_id})
+    assert status == 202 and body["batchesResent"] == 1 and body["status"] == "uploading"
+    again = wait_for_run(run_id)
+    c = again["counts"]
+    assert again["status"] == "succeeded" and c["confirmed"] == 80 and c["failed"] == 0 and c["failedByReason"] == {}
+    assert c["sent"] == 80 and c["batchesSent"] == c["batchesDone"] == c["batches"] == 1
+    assert len(sandbox.contacts("brand-test")) == 80
+    status, body, _ = call("run_retry", "POST", "", route_params={"id": run_id})
+    assert status == 202 and body["batchesResent"] == 0  # nothing left to retry
+
+
+def test_health_reports_a_missing_timer_and_stuck_runs(services, sandbox, segment_container):
+    from apphelpers import call
+
+    status, body, _ = call("health", "GET", "health")
+    assert status == 200 and body["status"] == "degraded" and "schedule has not run" in body["problems"][0]
+    tick(TimerRequest(past_due=False))
+    assert call("health", "GET", "health")[1]["status"] == "ok"
+    run_id = queued_run(services, segment_container)
+    later = services.storage.get_run(run_id).progress_at + timedelta(minutes=20)
+    services.clock = lambda: later
+    body = call("health", "GET", "health")[1]
+    assert body["status"] == "degraded" and body["stuckRuns"][0]["runId"] == run_id
+    assert call("run", "GET", "", route_params={"id": run_id})[1]["stuck"].startswith("queued for 20 minutes")
