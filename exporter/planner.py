@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 REASON_NOT_SENT_OVER_LIMIT = "not sent: over the contract limit"
 REASON_NOT_SENT_UNREADABLE = "not sent: the segment could not be read"
 REASON_NOT_SENT_RUN_ENDED = "not sent: the run had ended"
+REASON_NOT_SENT_CONNECTION = "not sent: connection removed"
 
 MAX_BATCH_CONTACTS = 100  # Omnisend's limit per POST /batches
 # A queue message is at most 64 KiB after base64 (4/3): keep the JSON text well below 48 KiB.
@@ -273,6 +274,10 @@ def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper,
         current = svc.storage.get_run(run.id)
         if current is None or current.status.is_final:  # cancelled (or failed) while planning
             return _abandon(svc, run.id, counts, refresh, REASON_NOT_SENT_RUN_ENDED, None)
+        if svc.storage.get_connection(connection.id) is None:  # removed while planning
+            return _abandon(svc, run.id, counts, refresh, REASON_NOT_SENT_CONNECTION,
+                            f"Connection {connection.display_name!r} was removed while the run was planned; "
+                            "nothing was sent.")
         # Enqueue only now that the whole refresh was read cleanly.
         spool.seek(0)
         _enqueue(svc, spool)

@@ -44,6 +44,7 @@ REASON_INTERNAL = "not sent: internal error"
 REASON_STOPPED = "batch stopped by Omnisend"
 REASON_NOT_REPORTED = "outcome not reported by Omnisend"
 REASON_OUTCOME_UNKNOWN = "outcome unknown"
+REASON_OUTCOME_UNKNOWN_CONNECTION = "outcome unknown: connection removed"
 
 
 def _dumps(body: dict) -> str:
@@ -223,9 +224,11 @@ def _check(svc: Services, msg: dict, ctx: dict) -> None:
         return  # already counted, or sent again since (a retry schedules its own check)
     polls = msg.get("polls", 0) + 1
     connection = svc.storage.get_connection(msg["connectionId"])
+    if connection is None:  # Omnisend accepted the batch, but without the key its outcome cannot be read
+        _fail_all(svc, batch, etag, REASON_OUTCOME_UNKNOWN_CONNECTION,
+                  "the connection was removed before Omnisend's result could be read; the contacts may have landed")
+        return
     try:
-        if connection is None:
-            raise SecretStoreError("the connection was removed")
         client = svc.omnisend(connection)
         info, items = client.get_batch_result(msg["omnisendBatchId"])  # status and items: one request
         if not info.is_done:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import azure.functions as func
 
 from .. import api
+from ..config import ConfigurationError
 from ..services import get_services
 
 bp = func.Blueprint()
@@ -39,7 +40,11 @@ def serve(req: func.HttpRequest, **by_method: api.Endpoint) -> func.HttpResponse
     endpoint = by_method.get(req.method.upper())
     if endpoint is None:
         return to_http_response(api.problem(405, "Method not allowed", f"Use one of: {', '.join(by_method)}."))
-    return to_http_response(api.handle(endpoint, to_api_request(req), get_services()))
+    try:
+        services = get_services()
+    except ConfigurationError as e:  # say what to fix; a bare 500 would hide it
+        return to_http_response(api.problem(500, "Configuration error", str(e)))
+    return to_http_response(api.handle(endpoint, to_api_request(req), services))
 
 
 @bp.route(route="connections", methods=["GET", "POST"], auth_level=ANON)
