@@ -66,9 +66,11 @@ def _run(args, sandbox: SandboxServer) -> int:
     except ResourceExistsError:
         pass
     when = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=1)
-    profiles = generate_profiles(args.rows, seed=int(time.time()) % 10_000, invalid_share=0.01, duplicate_share=0.005)
+    # run 1 exports the first N; the next refresh takes 1% more of the same people for its joiners
+    everyone = list(generate_profiles(args.rows + max(1, args.rows // 100), seed=int(time.time()) % 10_000,
+                                      invalid_share=0.01, duplicate_share=0.005))
     names = write_segment_refresh(blobs.get_container_client(CONTAINER), folder=FOLDER, segment=SEGMENT,
-                                  profiles=profiles, when=when, partitions=args.partitions)
+                                  profiles=everyone[:args.rows], when=when, partitions=args.partitions)
     print(f"Segment: {args.rows} profiles (1% invalid emails, 0.5% duplicates) in {len(names)} partitions")
     for name in names:
         print(f"  {CONTAINER}/{name}")
@@ -102,23 +104,46 @@ def _run(args, sandbox: SandboxServer) -> int:
                 last[0] = line
 
         run = api.wait_for_run(run["runId"], progress=show, poll=1)
-        elapsed = time.monotonic() - t0
-        print()
-        print_counts(run)
-        c = run["counts"]
-        stored = len(sandbox.contacts(DEMO_BRAND))
-        print(f"  time taken           {elapsed:>8.1f}s  ({c['confirmed'] / elapsed:,.0f} contacts/s)")
-        print(f"  contacts now in the Omnisend sandbox: {stored}")
-        out = ROOT / ".local" / "demo" / f"rejects-{run['runId']}.csv"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(api.request("GET", f"runs/{run['runId']}/rejects"))
-        print(f"  rejected rows with reasons: {out.relative_to(ROOT)}")
-        balanced = c["read"] == c["rejected"] + c["duplicates"] + c["confirmed"] + c["failed"] + c["skipped"]
-        print(f"  every row accounted for: {'yes' if balanced else 'NO'}")
-        return 0 if balanced and run["status"] in ("succeeded", "partiallySucceeded") else 1
+        ok = _report(api, sandbox, run, time.monotonic() - t0)
+
+        # The platform refreshes the segment: 1% changed a field, 1% left, 1% joined.
+        churned = _churn(everyone, args.rows)
+        write_segment_refresh(blobs.get_container_client(CONTAINER), folder=FOLDER, segment=SEGMENT,
+                              profiles=churned, when=when + timedelta(seconds=30), partitions=args.partitions)
+        print(f"\nA new refresh: 1% of the profiles changed a field, 1% left the segment, 1% joined. Run 2:\n")
+        t0 = time.monotonic()
+        run2 = api.wait_for_run(api.request("POST", f"exports/{export['id']}/runs")["runId"], progress=show, poll=1)
+        ok = _report(api, sandbox, run2, time.monotonic() - t0) and ok
+        print(f"\nRun 2 sent {run2['counts']['queued']} contacts instead of {run['counts']['queued']}: "
+              "only what changed since Omnisend last confirmed the segment.")
+        return 0 if ok else 1
     finally:
         host.stop()
         set_services(None)
+
+
+def _churn(everyone: list[dict], rows: int) -> list[dict]:
+    """The next refresh: the first 1% left, the next 1% changed their last name, 1% are new."""
+    n = max(1, rows // 100)
+    first = everyone[:rows]
+    changed = [{**p, "LastName": p["LastName"] + "-Smith"} for p in first[n:2 * n]]
+    return changed + first[2 * n:] + everyone[rows:rows + n]
+
+
+def _report(api: ApiClient, sandbox: SandboxServer, run: dict, elapsed: float) -> bool:
+    print()
+    print_counts(run)
+    c = run["counts"]
+    stored = len(sandbox.contacts(DEMO_BRAND))
+    print(f"  time taken           {elapsed:>8.1f}s  ({(c['confirmed'] + c['skipped']) / elapsed:,.0f} profiles/s)")
+    print(f"  contacts now in the Omnisend sandbox: {stored}")
+    out = ROOT / ".local" / "demo" / f"rejects-{run['runId']}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(api.request("GET", f"runs/{run['runId']}/rejects"))
+    print(f"  rejected rows with reasons: {out.relative_to(ROOT)}")
+    balanced = c["read"] == c["rejected"] + c["duplicates"] + c["confirmed"] + c["failed"] + c["skipped"]
+    print(f"  every row accounted for: {'yes' if balanced else 'NO'}")
+    return balanced and run["status"] in ("succeeded", "partiallySucceeded")
 
 
 if __name__ == "__main__":
