@@ -66,6 +66,17 @@ def sandbox():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def module_sandbox():
+    """One sandbox for a whole test module, at Omnisend's own limits (for modules of many small tests)."""
+    from devtools.omnisend_sandbox import SandboxServer
+
+    server = SandboxServer(api_keys={TEST_API_KEY: TEST_BRAND}, batch_delay_seconds=0.02)
+    server.start()
+    yield server
+    server.stop()
+
+
 def clear_app_state(storage) -> None:
     """Empty the app's tables and queues: app resources have fixed names, so tests share them."""
     from exporter import config

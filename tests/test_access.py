@@ -40,16 +40,6 @@ MAPPING = {"email": "PrimaryEmail", "firstName": "FirstName"}
 
 
 @pytest.fixture(scope="module")
-def module_sandbox():
-    from devtools.omnisend_sandbox import SandboxServer
-
-    server = SandboxServer(api_keys={TEST_API_KEY: TEST_BRAND}, batch_delay_seconds=0.02)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def source(azurite_storage):
     """A small settled segment refresh (model.json layout) that exports can point at."""
     from azure.storage.blob import BlobServiceClient
