@@ -71,30 +71,28 @@ def test_console_url_redirects_to_the_page_and_serves_it_with_sensible_headers(w
     assert again.status_code == 304 and again.content == b""
 
 
-@pytest.mark.parametrize("name, content_type", [
-    ("app.js", "text/javascript; charset=utf-8"), ("api.js", "text/javascript; charset=utf-8"),
-    ("console.css", "text/css; charset=utf-8"), ("favicon.svg", "image/svg+xml; charset=utf-8"),
-    ("index.html", "text/html; charset=utf-8"),
-])
-def test_assets_have_their_content_types(workers, name, content_type):
-    res = requests.get(f"{workers.url}/console/{name}", timeout=10)
-    assert res.status_code == 200 and res.headers["Content-Type"] == content_type
-    assert res.headers["Cache-Control"] == "no-cache"
-    if name != "index.html":
-        assert res.content == (CONSOLE_DIR / name).read_bytes()
+ASSET_TYPES = {"app.js": "text/javascript; charset=utf-8", "api.js": "text/javascript; charset=utf-8",
+               "console.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml; charset=utf-8",
+               "index.html": "text/html; charset=utf-8"}
+TRAVERSALS = ["/api/console/../function_app.py", "/api/console/../../host.json", "/api/console/%2e%2e/host.json",
+              "/api/console/..%2fhost.json", "/api/console/..%5chost.json", "/api/console/%2fetc%2fpasswd",
+              "/api/console//etc/passwd", "/api/console/../blueprints/console.py", "/api/console/nosuch.js",
+              "/api/console/.%2e/.%2e/requirements.txt", "/api/console/app.js%00.html"]
 
 
-@pytest.mark.parametrize("path", [
-    "/api/console/../function_app.py", "/api/console/../../host.json", "/api/console/%2e%2e/host.json",
-    "/api/console/..%2fhost.json", "/api/console/..%5chost.json", "/api/console/%2fetc%2fpasswd",
-    "/api/console//etc/passwd", "/api/console/../blueprints/console.py", "/api/console/nosuch.js",
-    "/api/console/.%2e/.%2e/requirements.txt", "/api/console/app.js%00.html",
-])
-def test_nothing_outside_the_console_files_is_served(workers, path):
-    status, headers, body = raw_get(workers.url, path)
-    assert status == 404, (path, body[:200])
-    assert headers["content-type"].startswith("application/problem+json")
-    assert b"import azure" not in body and b"root:" not in body and b"extensionBundle" not in body
+def test_assets_have_their_content_types_and_nothing_else_is_served(workers):
+    """One app for all the requests (starting one per case would cost a second each)."""
+    for name, content_type in ASSET_TYPES.items():
+        res = requests.get(f"{workers.url}/console/{name}", timeout=10)
+        assert res.status_code == 200 and res.headers["Content-Type"] == content_type, name
+        assert res.headers["Cache-Control"] == "no-cache"
+        if name != "index.html":
+            assert res.content == (CONSOLE_DIR / name).read_bytes()
+    for path in TRAVERSALS:
+        status, headers, body = raw_get(workers.url, path)
+        assert status == 404, (path, body[:200])
+        assert headers["content-type"].startswith("application/problem+json")
+        assert b"import azure" not in body and b"root:" not in body and b"extensionBundle" not in body
 
 
 def test_the_handler_refuses_traversal_even_when_the_route_lets_it_through(services):
@@ -379,3 +377,46 @@ def test_a_contributor_does_not_see_what_is_for_admins_only(page, workers, servi
     (run,) = call("export_runs", "GET", "", route_params={"id": shared["id"]}, headers=CONTRIBUTOR)[1]["runs"]
     assert not unlabelled_controls(page)
     wait_for_run(run["runId"])  # before the segment goes away with the test
+
+
+def tab_to(page, selector: str, limit: int = 80) -> None:
+    """Press Tab until the focused element matches ``selector``: it can be reached by keyboard."""
+    for _ in range(limit):
+        if page.evaluate("(s) => document.activeElement && document.activeElement.matches(s)", selector):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"{selector} cannot be reached with Tab")
+
+
+def test_a_connection_is_added_and_removed_with_the_keyboard_alone(page, workers, services):
+    open_console(page, workers)
+    page.locator("body").focus()
+    tab_to(page, "a[data-nav=connections]")
+    page.keyboard.press("Enter")
+    page.get_by_text("No connections yet").wait_for()
+    assert page.evaluate("document.activeElement.tagName") == "H1"  # focus follows the view
+    tab_to(page, "#conn-name")
+    page.keyboard.type("Keyboard store")
+    tab_to(page, "#conn-admins-only")
+    page.keyboard.press("ArrowDown")  # radio group: admins and contributors
+    tab_to(page, "#conn-key")
+    page.keyboard.type(TEST_API_KEY)
+    tab_to(page, "#conn-consent")
+    page.keyboard.press("Space")
+    tab_to(page, "#conn-connect")
+    page.keyboard.press("Enter")
+    page.get_by_text("Connected: Omnisend accepted the API key.").wait_for()
+    assert page.evaluate("document.activeElement.id") == "conn-save"  # Save is next, and has the focus
+    page.keyboard.press("Enter")
+    page.get_by_text('Connection "Keyboard store" saved.', exact=False).wait_for()
+    (conn,) = services.storage.list_connections()
+    assert conn.display_name == "Keyboard store" and conn.allow_contributors
+
+    page.locator("#connection-list").get_by_text("Keyboard store").wait_for()
+    page.locator("body").focus()
+    tab_to(page, "button[aria-label='Remove connection Keyboard store']")
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.textContent") == "Yes, remove Keyboard store"
+    page.keyboard.press("Enter")
+    page.get_by_text("No connections yet").wait_for()
+    assert services.storage.list_connections() == []

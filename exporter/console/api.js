@@ -70,8 +70,8 @@ export class Api {
       const type = res.headers.get("Content-Type") || "";
       if (type.includes("json")) {
         try { problem = await res.json(); } catch { problem = {}; }
-      } else if (res.status === 401 || res.status === 302) {
-        problem = { detail: "You are not signed in. Reload the page to sign in." };
+      } else if (res.status === 401) { // the platform's own answer: the sign-in session ended
+        problem = { detail: "You are not signed in any more. Sign in again (/.auth/login/aad) and reload the console." };
       }
       throw new ApiError(res.status, problem);
     }
