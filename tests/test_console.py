@@ -4,7 +4,8 @@ The first tests read the console's files over HTTP from the local runner (conten
 path traversal, nothing fetched from elsewhere). The browser tests drive Debian's Chromium
 (/usr/bin/chromium) with Playwright against the local runner on Azurite and the Omnisend sandbox, as a
 person would: create a connection, create an export with mapped fields, run it and watch the progress
-reach the end, download the rejected rows; and a Contributor does not see what is for admins only.
+reach the end, download the rejected rows; a Contributor does not see what is for admins only; and a
+connection is added and removed with the keyboard alone. No page requests anything but the app.
 
 ``CONSOLE_SCREENSHOTS=docs/console`` saves screenshots of the main screens there (docs/console.md).
 """
