@@ -112,6 +112,10 @@ def _known_id(value: str) -> bool:
     return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
+def _flag(req: ApiRequest, name: str) -> bool:
+    return req.query.get(name, "").lower() in ("true", "1", "yes")
+
+
 def _connection_summary(c: Connection) -> dict:
     return {"id": c.id, "displayName": c.display_name}
 
@@ -132,6 +136,8 @@ def list_connections(svc: Services, caller: Caller, req: ApiRequest) -> ApiRespo
 
 
 def create_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    """Check the key with Omnisend ("Connect"), then store it; with ``?dryRun=true`` only check: the same
+    validation and the same key check, and nothing is stored."""
     require_admin(caller, "create connections")
     data = validate(req.json(), CONNECTION_SPEC)
     name = data["displayName"].strip()
@@ -154,6 +160,9 @@ def create_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiResp
                        "saved. Try again later.")
     except OmnisendError as e:
         return problem(502, "Omnisend error", f"Omnisend answered the key check with an error: {e} Nothing was saved.")
+    if _flag(req, "dryRun"):  # "Connect" without saving: the same checks, nothing stored
+        return ApiResponse(200, {"dryRun": True, "displayName": name, "keyAccepted": True,
+                                 "detail": "Omnisend accepted the API key. Nothing was saved."})
     now = svc.clock()
     conn = Connection(
         id=new_id(),
@@ -414,7 +423,7 @@ def start_export_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiRespo
         raise Conflict("Refresh still being written",
                        f"The latest refresh {refresh.folder} changed at {refresh.last_modified:%H:%M:%S} UTC and is "
                        f"treated as still being written for {settle}s. Try again in a few minutes.")
-    full = req.query.get("full", "").lower() in ("true", "1", "yes")
+    full = _flag(req, "full")
     try:
         run = start_run(svc, export, "manual", refresh, full=full)
     except RunConflictError as e:
@@ -509,3 +518,51 @@ def health(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     body = {"status": "degraded" if problems else "ok", "problems": problems, "lastTimerTick": iso(last_tick),
             "stuckRuns": stuck, "poisonMessages": poison}
     return ApiResponse(200, body)
+
+
+# --- the caller and the segments (what the console needs to fill its forms) --------------------
+
+
+def me(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    """Who the API takes the caller for, and what that lets them do (the console hides what they may not)."""
+    require_member(caller)
+    return ApiResponse(200, {"name": caller.name, "roles": sorted(caller.roles), "isAdmin": caller.is_admin,
+                             "isContributor": caller.is_contributor, "devMode": svc.settings.dev_mode})
+
+
+SEGMENT_QUERY_SPEC = (
+    Field("container", str, required=True, check=_container_name),
+    Field("folder", str, check=length(0, 512)),
+    Field("segment", str, required=True, check=_segment_name),
+)
+
+
+def segment_columns(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    """The columns of a segment, as an export's mapping names them: from model.json, else from the CSV
+    header of the latest refresh. 404 when the container or the segment is not there."""
+    require_member(caller)
+    data = validate(dict(req.query), SEGMENT_QUERY_SPEC)  # query parameters, named like fields
+    source = Source.from_api(data)
+    container = svc.storage.segment_blobs.get_container_client(source.container)
+    where = f"{source.container}/{source.folder}" if source.folder else source.container
+    try:
+        refresh = segments.find_latest_refresh(container, source.folder, source.segment)
+    except segments.SourceNotFoundError as e:
+        raise NotFound(str(e)) from None
+    except segments.SegmentSourceError as e:
+        raise BadRequest("The segment cannot be read.",
+                         [{"field": "container", "code": "unreadable", "message": str(e)}]) from None
+    notices = [] if refresh else [f"Segment {source.segment!r} has no refresh in {where} yet; these are the columns "
+                                  "model.json describes."]
+    try:
+        schema = segments.load_schema(container, source.folder, source.segment, refresh)
+    except segments.SourceNotFoundError as e:
+        raise NotFound(str(e)) from None
+    except segments.SegmentSourceError as e:
+        if refresh is None:  # no data, and no description of it either: the segment is not there
+            raise NotFound(f"Segment {source.segment!r} has no refresh in {where}, and its columns cannot be read "
+                           f"from model.json: {e}") from None
+        raise BadRequest("The segment's columns cannot be read.",
+                         [{"field": "segment", "code": "unreadable", "message": str(e)}]) from None
+    return ApiResponse(200, {**source.to_api(), "columns": list(schema.columns), "origin": schema.origin,
+                             "refresh": refresh.folder if refresh else None, "notices": notices})

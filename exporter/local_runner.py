@@ -115,7 +115,9 @@ class FunctionIndex:
 
 
 def _route_regex(route: str) -> re.Pattern:
-    out = re.sub(r"\{\*(\w+)\}", r"(?P<\1>.*)", route)
+    # A catch-all last segment may be empty, as in the host's (ASP.NET) routing: "console/{*path}" matches "console".
+    out = re.sub(r"/\{\*(\w+)\}$", r"(?:/(?P<\1>.*))?", route)
+    out = re.sub(r"\{\*(\w+)\}", r"(?P<\1>.*)", out)
     out = re.sub(r"\{(\w+)(:[^}]*)?\}", r"(?P<\1>[^/]+)", out)
     return re.compile(out)
 

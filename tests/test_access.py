@@ -22,7 +22,7 @@ import pytest
 
 from apphelpers import ADMIN, ANONYMOUS, CONTRIBUTOR, NO_ROLE, as_user, call, table_rows, use_services
 from conftest import DEV_STORAGE, TEST_API_KEY, TEST_BRAND
-from devtools.sample_segment import generate_profiles, write_segment_refresh
+from devtools.sample_segment import COLUMNS, generate_profiles, write_segment_refresh
 from exporter.access import ROLE_ADMIN, ROLE_CONTRIBUTOR
 from exporter.config import ConfigurationError, load_settings
 from exporter.domain import Connection, Export, Mapping, Run, RunCounts, RunStatus, Source, new_id, utcnow
@@ -135,11 +135,15 @@ class Endpoint:
     function: str
     method: str
     target: str | None = None  # which object of the side the route id names
+    query: dict | None = None  # query parameters; "{container}" stands for the source's container
 
     def route(self, side: Side) -> dict:
         ids = {"connection": side.connection.id, "export": side.export.id, "done_run": side.done_run.id,
                "busy_run": side.busy_run.id}
         return {"id": ids[self.target]} if self.target else {}
+
+    def params(self, source: Source) -> dict:
+        return {k: v.replace("{container}", source.container) for k, v in (self.query or {}).items()}
 
     def body(self, side: Side, source: Source):
         if self.label == "POST /connections":
@@ -165,6 +169,9 @@ ENDPOINTS = [
     Endpoint("GET /runs/{id}/rejects", "run_rejects", "GET", "done_run"),
     Endpoint("POST /runs/{id}/cancel", "run_cancel", "POST", "busy_run"),
     Endpoint("GET /health", "health", "GET"),
+    Endpoint("GET /me", "me", "GET"),
+    Endpoint("GET /segments/columns", "segment_columns", "GET",
+             query={"container": "{container}", "folder": "ci", "segment": SEGMENT}),
 ]
 BY_LABEL = {e.label: e for e in ENDPOINTS}
 
@@ -204,6 +211,8 @@ PERMISSIONS = {
     "GET /runs/{id}/rejects":      (200, 200, 403, 401, 403, 500),
     "POST /runs/{id}/cancel":      (202, 202, 403, 401, 403, 500),
     "GET /health":                 (200, 200, 200, 401, 403, 500),
+    "GET /me":                     (200, 200, 200, 401, 403, 500),
+    "GET /segments/columns":       (200, 200, 200, 401, 403, 500),
 }
 assert set(PERMISSIONS) == set(BY_LABEL)
 
@@ -281,7 +290,8 @@ def test_permission_table(label, caller, mode, expected, installed, source, worl
         world_cache["world"] = None  # rebuilt for the next cell unless this call is shown to change nothing
 
     status, body, res = call(endpoint.function, endpoint.method, label.split(" ", 1)[1].lstrip("/"),
-                             endpoint.body(side, source), headers=caller.headers, route_params=endpoint.route(side))
+                             endpoint.body(side, source), headers=caller.headers, route_params=endpoint.route(side),
+                             params=endpoint.params(source))
 
     assert status == expected, body
     if status >= 400:
@@ -359,6 +369,12 @@ def test_permission_table(label, caller, mode, expected, installed, source, worl
     elif label == "GET /health":
         assert set(body) == {"status", "problems", "lastTimerTick", "stuckRuns", "poisonMessages"}
         assert body["status"] == ("degraded" if body["problems"] else "ok")
+    elif label == "GET /me":
+        role = ROLE_ADMIN if is_admin else ROLE_CONTRIBUTOR
+        assert body == {"name": "alice@contoso" if is_admin else "marketer@dev", "roles": [role], "isAdmin": is_admin,
+                        "isContributor": not is_admin, "devMode": mode == "dev"}
+    elif label == "GET /segments/columns":
+        assert body["columns"] == list(COLUMNS) and body["origin"] == "model.json" and body["segment"] == SEGMENT
 
 
 # --- the rules around the table ------------------------------------------------------------------

@@ -33,6 +33,12 @@ def test_schedule_setting_is_resolved_like_the_host_does():
 def test_routes_match_templates():
     assert _route_regex("exports/{id}/runs").fullmatch("exports/abc/runs").groupdict() == {"id": "abc"}
     assert _route_regex("exports/{id}").fullmatch("exports/abc/runs") is None
+    # a trailing catch-all may be empty, as in the host's routing: "console/{*path}" serves "console" too
+    console = _route_regex("console/{*path}")
+    assert console.fullmatch("console").groupdict() == {"path": None}
+    assert console.fullmatch("console/").groupdict() == {"path": ""}
+    assert console.fullmatch("console/css/x.css").groupdict() == {"path": "css/x.css"}
+    assert console.fullmatch("consoles") is None
 
 
 def test_queue_rules_come_from_host_json():

@@ -95,3 +95,13 @@ def run_retry(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="health", methods=["GET"], auth_level=ANON)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return serve(req, GET=api.health)
+
+
+@bp.route(route="me", methods=["GET"], auth_level=ANON)
+def me(req: func.HttpRequest) -> func.HttpResponse:
+    return serve(req, GET=api.me)
+
+
+@bp.route(route="segments/columns", methods=["GET"], auth_level=ANON)
+def segment_columns(req: func.HttpRequest) -> func.HttpResponse:
+    return serve(req, GET=api.segment_columns)
