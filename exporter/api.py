@@ -6,7 +6,6 @@ and call ``handle(endpoint, request)``; nothing here depends on the hosting.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable, Iterable
@@ -14,12 +13,13 @@ from typing import Any, Callable, Iterable
 from . import config, segments
 from .access import AccessError, Caller, require_admin, require_member, require_use, resolve_caller
 from .domain import MAPPABLE_FIELDS, Connection, Export, Mapping, Run, RunStatus, Source, iso, new_id
+from .logs import get_logger
 from .omnisend import OmnisendAuthError, OmnisendError, OmnisendUnavailable
 from .runs import RetryError, RunConflictError, retry_failed_batches, start_run, stuck_reason
 from .services import Services
 from .validation import BadRequest, Field, length, parse_json, positive, validate
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -382,6 +382,7 @@ def cancel_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     run = svc.storage.update_run(run.id, mutate)
     if not cancelled:
         raise Conflict("Run already ended", f"Run {run.id} already ended as {run.status.value}.")
+    log.info("run cancelled: no further batches are sent", extra={"run_id": run.id, "export_id": run.export_id})
     return ApiResponse(202, _run_body(req, run))
 
 

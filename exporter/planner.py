@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 from collections import deque
-import logging
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import segments
 from .domain import Run, RunCounts, RunStatus, Tally
+from .logs import get_logger, log_context
 from .mapping import (
     REASON_CONTACT_TOO_LARGE,
     REASON_DUPLICATE,
@@ -33,7 +33,7 @@ from .runs import fail_run, settle
 from .services import Services
 from .storage import ReportWriter
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 REASON_NOT_SENT_OVER_LIMIT = "not sent: over the contract limit"
 REASON_NOT_SENT_UNREADABLE = "not sent: the segment could not be read"
@@ -108,8 +108,9 @@ def _reject(report: ReportWriter, counts: RunCounts, partition: str, row: int, e
     report.add("planning", partition, row, email, r.reason, r.detail)
 
 
-def _begin(svc: Services, run_id: str, redelivered: bool) -> Run | None:
-    """Claim a queued run for planning; None when another delivery of the message already did.
+def _begin(svc: Services, run_id: str, redelivered: bool) -> tuple[Run, bool]:
+    """Claim a queued run for planning: (run, False) when another delivery of the message already did,
+    or the run was cancelled before it was planned.
 
     A redelivered message may take over a run left in planning: its worker died (planning is
     repeatable; batches already enqueued are recognised by number and not sent twice).
@@ -124,14 +125,20 @@ def _begin(svc: Services, run_id: str, redelivered: bool) -> Run | None:
         claimed.append(True)
 
     run = svc.storage.update_run(run_id, mutate)
-    return run if claimed else None
+    return run, bool(claimed)
 
 
 def plan_run(svc: Services, run_id: str, redelivered: bool = False) -> Run | None:
-    run = _begin(svc, run_id, redelivered)
-    if run is None:
-        log.info("run already claimed; message ignored", extra={"run_id": run_id})
-        return None
+    with log_context(run_id=run_id):  # every line logged while planning names the run (and its export)
+        run, claimed = _begin(svc, run_id, redelivered)
+        with log_context(export_id=run.export_id):
+            if not claimed:
+                log.info("run already %s; message ignored", run.status.value)
+                return None
+            return _plan_claimed(svc, run)
+
+
+def _plan_claimed(svc: Services, run: Run) -> Run:
     try:
         return _plan(svc, run)
     except EnqueueError:
@@ -151,8 +158,9 @@ def handle_poison_message(svc: Services, text: str) -> None:
         return
     run = svc.storage.get_run(run_id)
     if run is not None and not run.status.is_final:
-        _fail_early(svc, run_id, "Planning failed on every attempt (the message reached the poison queue); "
-                                 "nothing was sent. The errors were logged with this run's id.")
+        with log_context(run_id=run_id, export_id=run.export_id):
+            _fail_early(svc, run_id, "Planning failed on every attempt (the message reached the poison queue); "
+                                     "nothing was sent. The errors were logged with this run's id.")
 
 
 def _plan(svc: Services, run: Run) -> Run:

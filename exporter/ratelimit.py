@@ -15,7 +15,6 @@ about 97% of it, at any window length.
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from dataclasses import dataclass
@@ -25,9 +24,10 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
+from .logs import get_logger
 from .omnisend import OmnisendRateLimited
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 TARGET_SHARE = 0.95  # of the limit, to stay below it in every window
 BURST_SHARE = 1 / 60  # of the window: requests may run this far ahead of the steady pace
