@@ -191,7 +191,8 @@ class Faults:
         self.error_rate = 0.0  # share of requests answered 500
         self.latency_seconds = 0.0  # added to every request
         self.drop_rate = 0.0  # share of requests whose connection is closed without an answer
-        self.drop_after_processing = False  # drops happen after the request changed state
+        # Drops happen after the request changed state: True, False, or the share of drops that do.
+        self.drop_after_processing: bool | float = False
         self.stop_batches_after: int | None = None  # batches end "stopped" after this many items
         self.retry_after_seconds = 1  # retryAfter of injected 429s
         # A share of requests answered ``slow_seconds`` late (after being handled: a POST that times out
@@ -207,6 +208,12 @@ class Faults:
         """Answer the next ``count`` requests (of ``route`` only, when given) with problem ``status``."""
         with self._lock:
             self._forced.extend([(status, route)] * count)
+
+    @property
+    def forced_pending(self) -> int:
+        """How many forced answers (``force_status``) are still waiting for a request."""
+        with self._lock:
+            return len(self._forced)
 
     def reset(self) -> None:
         with self._lock:
@@ -227,10 +234,11 @@ class Faults:
             roll_error = self._random.random()
             roll_drop = self._random.random()
             roll_slow = self._random.random()
+            roll_after = self._random.random()
         if self.error_rate and roll_error < self.error_rate:
             action.status = 500
         elif self.drop_rate and roll_drop < self.drop_rate:
-            if self.drop_after_processing:
+            if roll_after < float(self.drop_after_processing):
                 action.drop_after = True
             else:
                 action.drop_before = True
