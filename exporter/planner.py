@@ -29,7 +29,7 @@ from .mapping import (
     Rejection,
     email_key,
 )
-from .runs import fail_run, settle
+from .runs import conclude, settle
 from .services import Services
 from .storage import ReportWriter
 
@@ -300,25 +300,38 @@ def _record_planning(svc: Services, run_id: str, counts: RunCounts, refresh) -> 
 
 
 def _abandon(svc: Services, run_id: str, counts: RunCounts, refresh, reason: str, error: str | None) -> Run:
-    """End a run whose contacts will not be sent; they are counted as failed with ``reason``."""
-    if error:
-        fail_run(svc, run_id, error)
+    """End a run whose contacts will not be sent; they are counted as failed with ``reason``.
+
+    The planning counts, the unsent contacts, the end of the run and ``counts_final`` are written in
+    one step: a run never shows as ended with counts that do not add up yet (a caller polling it
+    would take them for its result). The tally records the same afterwards.
+    """
     unsent, counts.batches = counts.queued, 0
 
     def mutate(run: Run):
         c = run.counts
         c.read, c.rejected, c.rejected_by_reason = counts.read, counts.rejected, dict(counts.rejected_by_reason)
         c.duplicates, c.queued, c.batches = counts.duplicates, counts.queued, 0
+        c.add_failures(reason, unsent)
         if refresh is not None:
             run.refresh_folder, run.refresh_fingerprint = refresh.folder, refresh.fingerprint
+        if not run.status.is_final:  # a run cancelled while planning stays cancelled
+            if error:
+                run.status, run.finished_at, run.error = RunStatus.FAILED, svc.clock(), error
+            else:
+                conclude(run, svc.clock())
+        run.counts_final = True
 
-    svc.storage.update_run(run_id, mutate)
+    run = svc.storage.update_run(run_id, mutate)
+    log.warning("run ended %s before sending: %s", run.status.value, error or reason,
+                extra={"run_id": run_id, "export_id": run.export_id})
 
     def nothing_sent(t: Tally) -> None:
         t.planned = 0
         t.add_failures({reason: unsent})
 
-    return settle(svc, run_id, svc.storage.update_tally(run_id, nothing_sent)) or svc.storage.get_run(run_id)
+    svc.storage.update_tally(run_id, nothing_sent)
+    return run
 
 
 def _fail_early(svc: Services, run_id: str, error: str) -> Run:

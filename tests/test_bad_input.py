@@ -19,6 +19,7 @@ from apphelpers import call, create_connection, create_export, start_run, wait_f
 from conftest import TEST_API_KEY, TEST_BRAND
 from exporter import segments
 from exporter.local_runner import LocalHost
+from exporter.storage import Storage
 
 SEG = "Members"
 FOLDER = "ci"
@@ -87,6 +88,30 @@ def adds_up(run: dict) -> None:
     assert c["read"] == c["rejected"] + c["duplicates"] + c["confirmed"] + c["failed"] + c["skipped"], c
 
 
+@pytest.fixture
+def run_views(services, monkeypatch) -> list:
+    """The run as GET /runs/{id} shows it after each change of its record."""
+    views = []
+    update_run = Storage.update_run
+
+    def spy(self, run_id, mutate, *args, **kwargs):
+        run = update_run(self, run_id, mutate, *args, **kwargs)
+        views.append(self.get_run(run_id))
+        return run
+
+    monkeypatch.setattr(Storage, "update_run", spy)
+    return views
+
+
+def never_ended_with_open_counts(views) -> None:
+    """A run that shows as ended with all its batches counted has counts that add up, at every moment."""
+    assert views
+    for run in views:
+        c = run.counts
+        if run.status.is_final and c.batches_done >= c.batches:
+            assert c.read == c.accounted, (run.status, c)
+
+
 def stored(sandbox) -> dict[str, dict]:
     return {c["email"]: c for c in sandbox.contacts(TEST_BRAND)}
 
@@ -99,13 +124,15 @@ def problem_of(status: int, body: dict, expected_status: int) -> str:
     """The problem's whole text (detail and every error message), after checking its status."""
     assert status == expected_status, body
     assert body["status"] == expected_status and body["title"]
-    return " ".join([body.get("detail", "")] + [f"{e['field']} {e['code']} {e['message']}" for e in body.get("errors", [])])
+    errors = [f"{e['field']} {e['code']} {e['message']}" for e in body.get("errors", [])]
+    return " ".join([body.get("detail", ""), *errors])
 
 
 # --------------------------------------------------------------------------- malformed CSV
 
 
-def test_an_unbalanced_quote_mid_file_fails_the_run_naming_file_and_line(services, workers, sandbox, conn, segment_container):
+def test_an_unbalanced_quote_mid_file_fails_the_run_naming_file_and_line(services, workers, sandbox, conn,
+                                                                         segment_container, run_views):
     header = ",".join(COLS) + "\r\n"
     put(segment_container, part(1), header + rows(*people(1, 50)))
     broken = rows(*people(100, 10)) + '"110","Ann,"private110@example.com","LT"\r\n' + rows(*people(111, 10))
@@ -115,6 +142,7 @@ def test_an_unbalanced_quote_mid_file_fails_the_run_naming_file_and_line(service
     assert part(2) in run["error"] and "malformed CSV at line" in run["error"] and "Nothing was sent" in run["error"]
     assert "private110" not in run["error"]
     adds_up(run)
+    never_ended_with_open_counts(run_views)
     nothing_sent(sandbox)
 
 
@@ -129,7 +157,8 @@ def test_a_missing_email_column_is_refused_when_the_export_is_saved(services, sa
     assert call("exports", "GET", "exports")[1]["exports"] == []  # nothing was saved
 
 
-def test_a_refresh_without_the_email_column_fails_the_run_before_sending(services, workers, sandbox, conn, segment_container):
+def test_a_refresh_without_the_email_column_fails_the_run_before_sending(services, workers, sandbox, conn,
+                                                                         segment_container, run_views):
     export = export_of(conn, segment_container)  # saved before the first refresh: nothing to check yet
     assert export["notices"]
     renamed = ("CustomerId", "FirstName", "Email", "Country")
@@ -138,6 +167,7 @@ def test_a_refresh_without_the_email_column_fails_the_run_before_sending(service
     run = run_export(export)
     assert run["status"] == "failed" and "email -> 'PrimaryEmail'" in run["error"] and "Email" in run["error"]
     adds_up(run)
+    never_ended_with_open_counts(run_views)
     nothing_sent(sandbox)
 
 
@@ -291,7 +321,7 @@ def test_a_missing_container(services, sandbox, conn, segment_container, blob_se
 # --------------------------------------------------------------------------- model.json
 
 
-def test_a_model_json_that_does_not_parse(services, workers, sandbox, conn, segment_container):
+def test_a_model_json_that_does_not_parse(services, workers, sandbox, conn, segment_container, run_views):
     model_json(segment_container)
     put(segment_container, part(), rows(*people(1, 3)))
     export = export_of(conn, segment_container)
@@ -301,11 +331,13 @@ def test_a_model_json_that_does_not_parse(services, workers, sandbox, conn, segm
     run = run_export(export)
     assert run["status"] == "failed" and "model.json" in run["error"] and "JSON" in run["error"]
     adds_up(run)
+    never_ended_with_open_counts(run_views)
     nothing_sent(sandbox)
 
 
 @pytest.mark.parametrize("columns", [(*COLS, "Phone"), COLS[:3]], ids=["more-columns", "fewer-columns"])
-def test_a_model_json_that_does_not_match_the_files(services, workers, sandbox, conn, segment_container, columns):
+def test_a_model_json_that_does_not_match_the_files(services, workers, sandbox, conn, segment_container, columns,
+                                                    run_views):
     model_json(segment_container, columns)
     put(segment_container, part(), rows(*people(1, 30)))
     run = run_export(export_of(conn, segment_container, {"email": "PrimaryEmail", "firstName": "FirstName"}))
@@ -313,4 +345,5 @@ def test_a_model_json_that_does_not_match_the_files(services, workers, sandbox, 
     assert "model.json" in run["error"] and f"{len(columns)} columns" in run["error"] and "4" in run["error"]
     assert "person" not in run["error"]
     adds_up(run)
+    never_ended_with_open_counts(run_views)
     nothing_sent(sandbox)
