@@ -117,3 +117,20 @@ def workers(services, app_env):
     host.start()
     yield host
     host.stop()
+
+
+@pytest.fixture
+def run_views(services, monkeypatch) -> list:
+    """The run as GET /runs/{id} shows it after each change of its record (see never_ended_with_open_counts)."""
+    from exporter.storage import Storage
+
+    views = []
+    update_run = Storage.update_run
+
+    def spy(self, run_id, mutate, *args, **kwargs):
+        run = update_run(self, run_id, mutate, *args, **kwargs)
+        views.append(self.get_run(run_id))
+        return run
+
+    monkeypatch.setattr(Storage, "update_run", spy)
+    return views

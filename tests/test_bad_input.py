@@ -15,11 +15,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import call, create_connection, create_export, start_run, wait_for_run
+from apphelpers import call, create_connection, create_export, never_ended_with_open_counts, start_run, wait_for_run
 from conftest import TEST_API_KEY, TEST_BRAND
 from exporter import segments
 from exporter.local_runner import LocalHost
-from exporter.storage import Storage
 
 SEG = "Members"
 FOLDER = "ci"
@@ -86,30 +85,6 @@ def report(run_id: str) -> list[dict]:
 def adds_up(run: dict) -> None:
     c = run["counts"]
     assert c["read"] == c["rejected"] + c["duplicates"] + c["confirmed"] + c["failed"] + c["skipped"], c
-
-
-@pytest.fixture
-def run_views(services, monkeypatch) -> list:
-    """The run as GET /runs/{id} shows it after each change of its record."""
-    views = []
-    update_run = Storage.update_run
-
-    def spy(self, run_id, mutate, *args, **kwargs):
-        run = update_run(self, run_id, mutate, *args, **kwargs)
-        views.append(self.get_run(run_id))
-        return run
-
-    monkeypatch.setattr(Storage, "update_run", spy)
-    return views
-
-
-def never_ended_with_open_counts(views) -> None:
-    """A run that shows as ended with all its batches counted has counts that add up, at every moment."""
-    assert views
-    for run in views:
-        c = run.counts
-        if run.status.is_final and c.batches_done >= c.batches:
-            assert c.read == c.accounted, (run.status, c)
 
 
 def stored(sandbox) -> dict[str, dict]:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import call, create_connection, create_export, start_run, wait_for_run
+from apphelpers import call, create_connection, create_export, never_ended_with_open_counts, start_run, wait_for_run
 from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import generate_profiles, write_segment_refresh
 from exporter import config
@@ -48,7 +48,8 @@ def created(sandbox) -> int:
     return sandbox.stats(TEST_BRAND)["batchesCreated"]
 
 
-def test_cancel_during_uploading_stops_sending_and_accounts_for_every_row(services, sandbox, export, app_env):
+def test_cancel_during_uploading_stops_sending_and_accounts_for_every_row(services, sandbox, export, app_env,
+                                                                           run_views):
     sandbox.faults.latency_seconds = 0.15  # each request takes a while: the run is cancelled half way
     with LocalHost(services.storage, port=0, batch_workers=WORKERS, run_workers=1, timer=False, idle_sleep=0.2,
                    env=app_env):
@@ -78,6 +79,7 @@ def test_cancel_during_uploading_stops_sending_and_accounts_for_every_row(servic
         assert 0 < c["failed"] and c["failedByReason"] == {NOT_SENT: c["failed"]}
         assert c["confirmed"] == c["sent"] == len(sandbox.contacts(TEST_BRAND)) > 0
         assert c["batchesDone"] == c["batches"] == ROWS // 100
+        never_ended_with_open_counts(run_views)
         _, _, res = call("run_rejects", "GET", "", route_params={"id": run_id})
         not_sent = [r for r in csv.DictReader(io.StringIO(res.get_body().decode())) if r["reason"] == NOT_SENT]
         assert len(not_sent) == c["failed"] and all(r["email"] and "cancelled" in r["detail"] for r in not_sent)
@@ -92,7 +94,7 @@ def test_cancel_during_uploading_stops_sending_and_accounts_for_every_row(servic
     assert len(sandbox.contacts(TEST_BRAND)) == ROWS
 
 
-def test_a_run_cancelled_before_planning_sends_nothing(services, sandbox, export, app_env):
+def test_a_run_cancelled_before_planning_sends_nothing(services, sandbox, export, app_env, run_views):
     run_id = start_run(export["id"])["runId"]  # no workers yet: it waits in the queue
     status, body = cancel(run_id)
     assert status == 202 and body["status"] == "cancelled"
@@ -107,5 +109,6 @@ def test_a_run_cancelled_before_planning_sends_nothing(services, sandbox, export
     c = run["counts"]
     assert run["status"] == "cancelled" and c["read"] == c["queued"] == c["batches"] == c["failed"] == 0
     assert created(sandbox) == 0
+    never_ended_with_open_counts(run_views)
     status, body = trigger(export["id"])
     assert status == 202 and body["runId"] != run_id  # the export can run again
