@@ -6,7 +6,6 @@ and call ``handle(endpoint, request)``; nothing here depends on the hosting.
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -15,12 +14,13 @@ from typing import Any, Callable, Iterable
 from . import config, segments
 from .access import AccessError, Caller, require_admin, require_member, require_use, resolve_caller
 from .domain import MAPPABLE_FIELDS, TAG_PATTERN, Connection, Consent, Export, Mapping, Run, RunStatus, Source, iso, new_id
+from .logs import get_logger
 from .omnisend import OmnisendAuthError, OmnisendError, OmnisendUnavailable
 from .runs import ACTIVE, RetryError, RunConflictError, retry_failed_batches, start_run, stuck_reason
 from .services import Services
 from .validation import BadRequest, Field, all_of, between, length, matches, parse_json, validate
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -477,6 +477,7 @@ def cancel_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     run = svc.storage.update_run(run.id, mutate)
     if not cancelled:
         raise Conflict("Run already ended", f"Run {run.id} already ended as {run.status.value}.")
+    log.info("run cancelled: no further batches are sent", extra={"run_id": run.id, "export_id": run.export_id})
     return ApiResponse(202, _run_body(req, run))
 
 

@@ -11,7 +11,6 @@ People with Core Tools can run ``func start`` instead; the handlers are the same
 from __future__ import annotations
 
 import json
-import logging
 import re
 import threading
 import time
@@ -27,9 +26,10 @@ from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 
 from . import config
+from .logs import get_logger
 from .storage import Storage
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -1,15 +1,55 @@
 """Log lines that carry the run, export and batch they are about, so one run can be followed.
 
-Handlers pass ``extra={"run_id": ..., "export_id": ..., "batch": ...}``. Locally the formatter
-appends them as key=value; under the Functions host they travel as custom dimensions.
+Handlers pass ``extra={"run_id": ..., "export_id": ..., "batch": ...}``, and the queue handlers set
+the same fields for everything they do with ``log_context(...)``: every record of a logger made by
+``get_logger`` while that context is active carries them too, also the lines of modules that know
+nothing of runs (the Omnisend client, storage). Locally the formatter appends them as key=value;
+under the Functions host they travel as custom dimensions.
 Personal data (emails, names) and API keys are never put in a log line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+from typing import Iterator
 
 CONTEXT_FIELDS = ("run_id", "export_id", "connection_id", "batch", "trigger")
+
+_context: contextvars.ContextVar[dict | None] = contextvars.ContextVar("exporter_log_context", default=None)
+
+
+@contextlib.contextmanager
+def log_context(**fields) -> Iterator[None]:
+    """Within this block (in this thread), records of the app's loggers carry ``fields`` (None ones are left out)."""
+    current = _context.get() or {}
+    token = _context.set({**current, **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+class _ContextFilter(logging.Filter):
+    """Adds the active ``log_context`` fields a record does not have already (``extra`` wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (_context.get() or {}).items():
+            if getattr(record, key, None) is None:
+                setattr(record, key, value)
+        return True
+
+
+_FILTER = _ContextFilter()
+
+
+def get_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)`` whose records carry the active ``log_context``."""
+    logger = logging.getLogger(name)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    return logger
 
 
 class ContextFormatter(logging.Formatter):

@@ -21,7 +21,6 @@ Typical use::
 from __future__ import annotations
 
 from email.utils import parsedate_to_datetime
-import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,8 +30,9 @@ from urllib.parse import quote
 import requests
 
 from .config import OMNISEND_API_VERSION, OMNISEND_DEFAULT_URL
+from .logs import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 MAX_BATCH_ITEMS = 100
 MAX_TAGS_PER_REQUEST = 100

@@ -11,7 +11,6 @@ leaves the platform.
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from datetime import timezone
 
 from . import segments
 from .domain import Run, RunCounts, RunStatus, Tally
+from .logs import get_logger, log_context
 from .mapping import (
     REASON_CONTACT_TOO_LARGE,
     REASON_DUPLICATE,
@@ -31,11 +31,11 @@ from .mapping import (
     Rejection,
 )
 from .membership import fingerprint, member_key
-from .runs import fail_run, settle
+from .runs import conclude, settle
 from .services import Services
 from .storage import ReportWriter
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 REASON_NOT_SENT_OVER_LIMIT = "not sent: over the contract limit"
 REASON_NOT_SENT_UNREADABLE = "not sent: the segment could not be read"
@@ -113,8 +113,9 @@ def _reject(report: ReportWriter, counts: RunCounts, partition: str, row: int, e
     report.add("planning", partition, row, email, r.reason, r.detail)
 
 
-def _begin(svc: Services, run_id: str, redelivered: bool) -> Run | None:
-    """Claim a queued run for planning; None when another delivery of the message already did.
+def _begin(svc: Services, run_id: str, redelivered: bool) -> tuple[Run, bool]:
+    """Claim a queued run for planning: (run, False) when another delivery of the message already did,
+    or the run was cancelled before it was planned.
 
     A redelivered message may take over a run left in planning: its worker died (planning is
     repeatable; batches already enqueued are recognised by number and not sent twice).
@@ -129,14 +130,20 @@ def _begin(svc: Services, run_id: str, redelivered: bool) -> Run | None:
         claimed.append(True)
 
     run = svc.storage.update_run(run_id, mutate)
-    return run if claimed else None
+    return run, bool(claimed)
 
 
 def plan_run(svc: Services, run_id: str, redelivered: bool = False) -> Run | None:
-    run = _begin(svc, run_id, redelivered)
-    if run is None:
-        log.info("run already claimed; message ignored", extra={"run_id": run_id})
-        return None
+    with log_context(run_id=run_id):  # every line logged while planning names the run (and its export)
+        run, claimed = _begin(svc, run_id, redelivered)
+        with log_context(export_id=run.export_id):
+            if not claimed:
+                log.info("run already %s; message ignored", run.status.value)
+                return None
+            return _plan_claimed(svc, run)
+
+
+def _plan_claimed(svc: Services, run: Run) -> Run:
     try:
         return _plan(svc, run)
     except EnqueueError:
@@ -156,8 +163,9 @@ def handle_poison_message(svc: Services, text: str) -> None:
         return
     run = svc.storage.get_run(run_id)
     if run is not None and not run.status.is_final:
-        _fail_early(svc, run_id, "Planning failed on every attempt (the message reached the poison queue); "
-                                 "nothing was sent. The errors were logged with this run's id.")
+        with log_context(run_id=run_id, export_id=run.export_id):
+            _fail_early(svc, run_id, "Planning failed on every attempt (the message reached the poison queue); "
+                                     "nothing was sent. The errors were logged with this run's id.")
 
 
 def _plan(svc: Services, run: Run) -> Run:
@@ -362,9 +370,12 @@ def _record_planning(svc: Services, run_id: str, counts: RunCounts, refresh, unt
 
 
 def _abandon(svc: Services, run_id: str, counts: RunCounts, refresh, reason: str, error: str | None) -> Run:
-    """End a run whose contacts will not be sent; they are counted as failed with ``reason``."""
-    if error:
-        fail_run(svc, run_id, error)
+    """End a run whose contacts will not be sent; they are counted as failed with ``reason``.
+
+    The planning counts, the unsent contacts, the end of the run and ``counts_final`` are written in
+    one step: a run never shows as ended with counts that do not add up yet (a caller polling it
+    would take them for its result). The tally records the same afterwards.
+    """
     unsent, counts.batches = counts.queued, 0
 
     def mutate(run: Run):
@@ -372,16 +383,26 @@ def _abandon(svc: Services, run_id: str, counts: RunCounts, refresh, reason: str
         c.read, c.rejected, c.rejected_by_reason = counts.read, counts.rejected, dict(counts.rejected_by_reason)
         c.duplicates, c.queued, c.batches = counts.duplicates, counts.queued, 0
         c.skipped, c.left = counts.skipped, 0
+        c.add_failures(reason, unsent)
         if refresh is not None:
             run.refresh_folder, run.refresh_fingerprint = refresh.folder, refresh.fingerprint
+        if not run.status.is_final:  # a run cancelled while planning stays cancelled
+            if error:
+                run.status, run.finished_at, run.error = RunStatus.FAILED, svc.clock(), error
+            else:
+                conclude(run, svc.clock())
+        run.counts_final = True
 
-    svc.storage.update_run(run_id, mutate)
+    run = svc.storage.update_run(run_id, mutate)
+    log.warning("run ended %s before sending: %s", run.status.value, error or reason,
+                extra={"run_id": run_id, "export_id": run.export_id})
 
     def nothing_sent(t: Tally) -> None:
         t.planned = 0
         t.add_failures({reason: unsent})
 
-    return settle(svc, run_id, svc.storage.update_tally(run_id, nothing_sent)) or svc.storage.get_run(run_id)
+    svc.storage.update_tally(run_id, nothing_sent)
+    return run
 
 
 def _fail_early(svc: Services, run_id: str, error: str) -> Run:

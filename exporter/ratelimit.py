@@ -16,7 +16,6 @@ over Omnisend's count.
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from array import array
@@ -28,9 +27,10 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
+from .logs import get_logger
 from .omnisend import OmnisendRateLimited
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 TARGET_SHARE = 0.97  # of the limit
 WINDOW_MARGIN = 0.5  # seconds added to the window

@@ -7,15 +7,15 @@ upload workers report into the same run at the same time.
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
 from datetime import datetime, timedelta
 
 from .domain import BatchStatus, Export, Refresh, Run, RunCounts, RunStatus, Tally
+from .logs import get_logger
 from .services import Services
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 ACTIVE = (RunStatus.QUEUED, RunStatus.PLANNING, RunStatus.UPLOADING, RunStatus.VERIFYING)
 

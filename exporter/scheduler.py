@@ -7,15 +7,15 @@ often the timer fires.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from . import segments
 from .domain import Export, Run
+from .logs import get_logger
 from .runs import RunConflictError, active_run, last_succeeded_run, reconcile, start_run
 from .services import Services
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass

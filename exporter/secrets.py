@@ -10,7 +10,6 @@ Rule for this module: a secret *value* never appears in a log record, an excepti
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
@@ -25,11 +24,12 @@ from azure.core.exceptions import (
 )
 
 from .config import ConfigurationError, Settings
+from .logs import get_logger
 
 if TYPE_CHECKING:  # pragma: no cover
     from azure.keyvault.secrets import SecretClient
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Key Vault secret names: 1-127 characters, letters, digits and dashes. Names are case-insensitive.
 _NAME_RE = re.compile(r"^[0-9A-Za-z-]{1,127}$")

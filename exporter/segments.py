@@ -65,6 +65,10 @@ _GZIP_BLOCK_BYTES = 256 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" turns bad bytes into
 _MAX_NAMES_IN_MESSAGE = 10
+# When this many first rows of a partition all have the same wrong number of fields, the schema does
+# not describe the file (model.json of another export, a column added or removed): one clear error
+# instead of a rejection for every row.
+SCHEMA_MISMATCH_ROWS = 3
 
 
 class SegmentSourceError(Exception):
@@ -523,11 +527,22 @@ def _header_mismatch(partition: str, header: list[str], schema: SegmentSchema) -
     )
 
 
+def _width_mismatch(partition: str, width: int, schema: SegmentSchema) -> SegmentFormatError:
+    source = "model.json" if schema.origin == "model.json" else "the first partition's header row"
+    return SegmentFormatError(
+        f"{partition}: its first {SCHEMA_MISMATCH_ROWS} rows have {width} columns, but {source} lists "
+        f"{len(schema.columns)} columns ({_names(schema.columns)}): {source} does not describe this file. "
+        "Re-export the segment so that the column list and the files agree."
+    )
+
+
 def read_rows(container: ContainerClient, refresh: Refresh, schema: SegmentSchema) -> Iterator[SourceRow]:
     """Every data row of the refresh, partition by partition, streamed (bounded memory).
 
     Rows with the wrong number of fields, blank lines and rows with undecodable bytes are yielded
-    with ``error`` set; malformed CSV (e.g. an unbalanced quote) raises SegmentFormatError.
+    with ``error`` set; malformed CSV (e.g. an unbalanced quote) raises SegmentFormatError, and so
+    does a partition whose first ``SCHEMA_MISMATCH_ROWS`` rows all have the same wrong number of
+    fields (the schema does not describe it).
     """
     for partition in refresh.partitions:
         yield from _partition_rows(container, partition, schema)
@@ -543,6 +558,7 @@ def _partition_rows(container: ContainerClient, partition: str, schema: SegmentS
     undecodable = _UNDECODABLE.search
     new_row = _new_row
     number = 0
+    leading_bad, leading_width = 0, 0  # the first rows, while all have the same wrong number of fields
     try:
         try:
             if fmt.header:
@@ -555,6 +571,10 @@ def _partition_rows(container: ContainerClient, partition: str, schema: SegmentS
                 number += 1
                 if len(fields) != ncols:
                     error = f"expected {ncols} columns, found {len(fields)}" if fields else "empty row"
+                    if leading_bad == number - 1 and fields and (number == 1 or len(fields) == leading_width):
+                        leading_bad, leading_width = number, len(fields)
+                        if leading_bad >= SCHEMA_MISMATCH_ROWS:
+                            raise _width_mismatch(partition, leading_width, schema)
                 elif checked.dirty and undecodable("\x00".join(fields)):
                     error = bad_encoding
                 else:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import time
 import zlib
 from datetime import datetime
@@ -39,8 +38,9 @@ from .domain import (
     Tally,
     parse_iso,
 )
+from .logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 RUN_INDEX_PARTITION = "~runs"  # pointer entities: run id -> export id
 LOCK_PARTITION = "~active"  # per export: the run that holds it

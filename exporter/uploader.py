@@ -14,10 +14,10 @@ message comes back and finds the batch exactly as the last completed step left i
 from __future__ import annotations
 
 import json
-import logging
 import random
 
 from .domain import Batch, BatchStatus, Failure, Tally
+from .logs import get_logger, log_context
 from .omnisend import (
     BatchItemResult,
     OmnisendAuthError,
@@ -29,7 +29,7 @@ from .runs import fail_run, settle
 from .secrets import SecretStoreError
 from .services import Services
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MAX_SEND_ATTEMPTS = 6  # transient failures (5xx, timeouts, resets) before a batch is given up
 MAX_CHECK_POLLS = 200  # follow-ups before a batch's outcome is declared unknown
@@ -68,6 +68,11 @@ def auth_error_message(svc: Services, connection_id: str) -> str:
 def handle_batch_message(svc: Services, text: str, dequeue_count: int = 1) -> None:
     msg = json.loads(text)
     ctx = {"run_id": msg.get("runId"), "export_id": msg.get("exportId"), "batch": msg.get("batch")}
+    with log_context(**ctx):  # every line logged while handling it names the run, export and batch
+        _handle(svc, msg, ctx, dequeue_count)
+
+
+def _handle(svc: Services, msg: dict, ctx: dict, dequeue_count: int) -> None:
     try:
         if msg.get("type") == "send":
             _send(svc, msg, ctx)
@@ -99,7 +104,8 @@ def handle_poison_message(svc: Services, text: str) -> None:
     except (ValueError, KeyError, TypeError):
         log.error("unreadable message in the poison queue dropped (%d characters)", len(text))
         return
-    _give_up_any(svc, msg, REASON_INTERNAL, "the message failed on every delivery and reached the poison queue")
+    with log_context(run_id=msg["runId"], export_id=msg.get("exportId"), batch=msg["batch"]):
+        _give_up_any(svc, msg, REASON_INTERNAL, "the message failed on every delivery and reached the poison queue")
 
 
 def _commit(svc: Services, batch: Batch, etag: str | None, mutate) -> bool:

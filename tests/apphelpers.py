@@ -141,3 +141,12 @@ def wait_for_final(run_id: str, timeout: float = 60) -> dict:
         if time.monotonic() > deadline:
             raise AssertionError(f"run {run_id} did not end in {timeout}s: {body}")
         time.sleep(0.2)
+
+
+def never_ended_with_open_counts(views) -> None:
+    """A run that shows as ended with all its batches counted has counts that add up, at every moment."""
+    assert views
+    for run in views:
+        c = run.counts
+        if run.status.is_final and c.batches_done >= c.batches:
+            assert c.read == c.accounted, (run.status, c)

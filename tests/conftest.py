@@ -83,8 +83,12 @@ def clear_app_state(storage) -> None:
 
     storage.ensure_resources()
     for table in (storage.connections, storage.exports, storage.runs, storage.batches):
+        by_partition: dict[str, list] = {}
         for e in table.list_entities(select=["PartitionKey", "RowKey"]):
-            table.delete_entity(e["PartitionKey"], e["RowKey"])
+            by_partition.setdefault(e["PartitionKey"], []).append(e)
+        for entities in by_partition.values():  # one transaction per 100 entities of a partition
+            for i in range(0, len(entities), 100):
+                table.submit_transaction([("delete", e) for e in entities[i:i + 100]])
     for name in (config.QUEUE_RUNS, config.QUEUE_BATCHES):
         for q in (name, name + config.POISON_SUFFIX):
             storage.queue_client(q).clear_messages()
@@ -127,3 +131,20 @@ def workers(services, app_env):
     host.start()
     yield host
     host.stop()
+
+
+@pytest.fixture
+def run_views(services, monkeypatch) -> list:
+    """The run as GET /runs/{id} shows it after each change of its record (see never_ended_with_open_counts)."""
+    from exporter.storage import Storage
+
+    views = []
+    update_run = Storage.update_run
+
+    def spy(self, run_id, mutate, *args, **kwargs):
+        run = update_run(self, run_id, mutate, *args, **kwargs)
+        views.append(self.get_run(run_id))
+        return run
+
+    monkeypatch.setattr(Storage, "update_run", spy)
+    return views

@@ -492,6 +492,34 @@ def test_fault_hook_stops_batches(http):
         assert (body["status"], body["finishedCount"]) == ("stopped", 1)
 
 
+def test_fault_hook_slow_answers_come_after_the_request_took_effect(sandbox, http):
+    sandbox.faults.slow_rate, sandbox.faults.slow_seconds = 1.0, 0.6
+    with pytest.raises(requests.Timeout):
+        http.post(sandbox.url + "contacts", headers=HEADERS, json=contact("slow@example.com"), timeout=0.3)
+    sandbox.faults.slow_rate = 0.0
+    assert [c["email"] for c in sandbox.contacts(BRAND)] == ["slow@example.com"]  # it was written all the same
+    assert sandbox.stats(BRAND)["faultsInjected"] == 1
+
+
+def test_fault_hook_refuses_items_by_their_email(http):
+    faults = Faults()
+    faults.item_error_rate = 0.3
+    emails = [f"Item{i}@example.com" for i in range(40)]
+    refused = {e.lower() for e in emails if Faults.item_fails(e, 0.3)}
+    assert 0 < len(refused) < 40 and Faults.item_fails("ITEM1@example.com", 0.3) == Faults.item_fails("item1@example.com", 0.3)
+    with SandboxServer(api_keys={KEY: BRAND}, faults=faults, batch_delay_seconds=0, batch_stop_min_errors=100) as srv:
+        batch_id = http.post(srv.url + "batches", headers=HEADERS, json={
+            "endpoint": "contacts", "method": "POST", "items": [contact(e) for e in emails]}).json()["batchID"]
+        wait_batch(http, srv.url, batch_id)
+        body = http.get(srv.url + f"batches/{batch_id}/items", headers=HEADERS).json()
+        assert body["status"] == "finished" and body["errorsCount"] == len(refused)
+        assert {e["request"]["identifiers"][0]["id"].lower() for e in body["errors"]} == refused
+        problem = body["errors"][0]["response"]
+        assert body["errors"][0]["responseCode"] == 400 and problem["status"] == 400
+        assert problem["errors"][0]["field"] == "identifiers[0].id"
+        assert {c["email"] for c in srv.contacts(BRAND)} == {e.lower() for e in emails} - refused
+
+
 def test_serves_many_requests_quickly(sandbox, http):
     started = time.monotonic()
     for i in range(300):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import tracemalloc
 from datetime import datetime, timedelta, timezone
@@ -255,6 +256,25 @@ def test_malformed_csv_raises_with_partition_and_line(segment_container, bad):
     message = str(info.value)
     assert part("ci") in message and "malformed CSV at line 3" in message
     assert "secret-value" not in message and "unclosed" not in message
+
+
+def test_a_schema_that_does_not_describe_the_file_is_one_error_not_a_rejection_per_row(segment_container):
+    model_json(segment_container, "ci", [*COLS, "Phone"])
+    put(segment_container, part("ci"), '"1","A","a@example.com"\n' * 50)
+    refresh = find_latest_refresh(segment_container, "ci", SEG)
+    rows = read_rows(segment_container, refresh, load_schema(segment_container, "ci", SEG, refresh))
+    assert [r.error for r in itertools.islice(rows, 2)] == ["expected 4 columns, found 3"] * 2
+    with pytest.raises(SegmentFormatError) as info:
+        next(rows)
+    message = str(info.value)
+    assert part("ci") in message and "have 3 columns" in message and "model.json lists 4 columns" in message
+    assert "a@example.com" not in message
+    # bad rows that do not open the file, or differ in width, stay rejections of their own
+    for data, good in (('"0","A","a@example.com","x"\n' + '"1","A","a@example.com"\n' * 3, [True] + [False] * 3),
+                       ('"1","A"\n"2","B","b@example.com"\n"3","C"\n"4","D","d@example.com","x"\n',
+                        [False] * 3 + [True])):
+        put(segment_container, part("ci"), data)
+        assert [r.error is None for r in read_all(segment_container)[2]] == good
 
 
 def test_header_mismatch_between_partitions(segment_container):

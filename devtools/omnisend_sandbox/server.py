@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import heapq
 import itertools
 import json
@@ -28,6 +29,7 @@ import random
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -170,15 +172,17 @@ class FaultAction:
     status: int | None = None  # answer with this problem status instead of handling the request
     drop_before: bool = False  # close the connection without handling the request
     drop_after: bool = False  # handle the request (state changes!) and then close without answering
+    slow: bool = False  # ``delay`` includes ``Faults.slow_seconds`` (counted as an injected fault)
 
 
 class Faults:
     """Fault injection, consulted for every admitted ``/api/`` request and for every batch.
 
-    The hook is ``on_request(method, route) -> FaultAction | None`` and ``stop_batch_after(batch)``;
-    subclass and override them for richer behaviour, or set the simple knobs below. Everything is off
-    by default. ``route`` is the route template, e.g. ``"POST /batches"``; requests answered 401 or 429
-    never reach the hook (the gateway answers those). Attributes may be changed while the server runs.
+    The hooks are ``on_request(method, route) -> FaultAction | None``, ``stop_batch_after(batch)`` and
+    ``item_errors(item)``; subclass and override them for richer behaviour, or set the simple knobs
+    below. Everything is off by default. ``route`` is the route template, e.g. ``"POST /batches"``;
+    requests answered 401 or 429 never reach the hook (the gateway answers those). Attributes may be
+    changed while the server runs.
     """
 
     def __init__(self, seed: int | None = None) -> None:
@@ -187,9 +191,17 @@ class Faults:
         self.error_rate = 0.0  # share of requests answered 500
         self.latency_seconds = 0.0  # added to every request
         self.drop_rate = 0.0  # share of requests whose connection is closed without an answer
-        self.drop_after_processing = False  # drops happen after the request changed state
+        # Drops happen after the request changed state: True, False, or the share of drops that do.
+        self.drop_after_processing: bool | float = False
         self.stop_batches_after: int | None = None  # batches end "stopped" after this many items
         self.retry_after_seconds = 1  # retryAfter of injected 429s
+        # A share of requests answered ``slow_seconds`` late (after being handled: a POST that times out
+        # at the client has still taken effect, as with a slow real API).
+        self.slow_rate = 0.0
+        self.slow_seconds = 0.0
+        # A share of batch items refused with a 400 validation problem, chosen by the item's email (the
+        # same email always fails: see ``item_fails``), so that a test can compute which ones fail.
+        self.item_error_rate = 0.0
         self._forced: deque[tuple[int, str | None]] = deque()
 
     def force_status(self, status: int, count: int = 1, route: str | None = None) -> None:
@@ -197,10 +209,17 @@ class Faults:
         with self._lock:
             self._forced.extend([(status, route)] * count)
 
+    @property
+    def forced_pending(self) -> int:
+        """How many forced answers (``force_status``) are still waiting for a request."""
+        with self._lock:
+            return len(self._forced)
+
     def reset(self) -> None:
         with self._lock:
             self._forced.clear()
         self.error_rate = self.latency_seconds = self.drop_rate = 0.0
+        self.slow_rate = self.slow_seconds = self.item_error_rate = 0.0
         self.drop_after_processing = False
         self.stop_batches_after = None
 
@@ -214,18 +233,47 @@ class Faults:
                     return action
             roll_error = self._random.random()
             roll_drop = self._random.random()
+            roll_slow = self._random.random()
+            roll_after = self._random.random()
         if self.error_rate and roll_error < self.error_rate:
             action.status = 500
         elif self.drop_rate and roll_drop < self.drop_rate:
-            if self.drop_after_processing:
+            if roll_after < float(self.drop_after_processing):
                 action.drop_after = True
             else:
                 action.drop_before = True
+        elif self.slow_rate and roll_slow < self.slow_rate:
+            action.delay += self.slow_seconds
+            action.slow = True
         return action if (action.delay or action.status or action.drop_before or action.drop_after) else None
 
     def stop_batch_after(self, batch: Mapping[str, Any]) -> int | None:
         """How many items of ``batch`` to process before forcing it to end "stopped" (None: never)."""
         return self.stop_batches_after
+
+    @staticmethod
+    def item_fails(email: str, rate: float) -> bool:
+        """Whether an item with this email is refused at ``item_error_rate`` ``rate`` (case-insensitive)."""
+        if rate <= 0:
+            return False
+        digest = hashlib.sha256(email.strip().lower().encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") < rate * 2**64
+
+    def item_errors(self, item: Any) -> list[dict] | None:
+        """Validation errors to answer a batch item with instead of processing it (None: process it).
+
+        The default refuses ``item_error_rate`` of the items by their email, the way Omnisend refuses
+        an address it will not accept (the answer is a 400 ``validation-failed`` problem, as for
+        ``POST /contacts``)."""
+        rate = self.item_error_rate
+        if not rate or not isinstance(item, dict):
+            return None
+        for i, ident in enumerate(item.get("identifiers") or []):
+            if isinstance(ident, dict) and ident.get("type") == "email" and isinstance(ident.get("id"), str):
+                if self.item_fails(ident["id"], rate):
+                    return [{"field": f"identifiers[{i}].id", "code": "invalid_value",
+                             "message": "The email address is not accepted: its domain does not receive mail."}]
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -443,9 +491,10 @@ class OmnisendSandbox:
             self._count_status(st, reply.status)
         if action:
             reply.delay = action.delay
-            if action.drop_after:
+            if action.drop_after or action.slow:
                 with self.lock:
                     st["faultsInjected"] += 1
+            if action.drop_after:
                 reply.drop = True
         return reply
 
@@ -979,7 +1028,11 @@ class OmnisendSandbox:
                     self._end_batch(batch, "finished")
                     return
                 item = batch["_items"][index]
-                code, response = self.write_contact(brand, item)  # re-entrant lock
+                refused = self.faults.item_errors(item) if self.faults else None
+                if refused:
+                    code, response = 400, validation_problem(refused).body
+                else:
+                    code, response = self.write_contact(brand, item)  # re-entrant lock
                 ok = 200 <= code < 300
                 batch["_results"].append({
                     "itemID": str(index), "request": copy.deepcopy(item), "response": response,
@@ -1179,6 +1232,13 @@ class _HTTPServer(ThreadingHTTPServer):
         self._connections: set[socket.socket] = set()
         self._conn_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            # The client gave up first (its timeout, or a fault that closed the connection): expected.
+            logger.debug("sandbox client %s went away before its answer was sent", client_address)
+            return
+        super().handle_error(request, client_address)
 
     def track(self, conn: socket.socket, open_: bool) -> None:
         with self._conn_lock:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-
 import azure.functions as func
 
 from .. import scheduler
+from ..logs import get_logger
 from ..services import get_services
 
 bp = func.Blueprint()
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @bp.timer_trigger(arg_name="timer", schedule="%EXPORT_SCHEDULE%", run_on_startup=False, use_monitor=True)

@@ -1,0 +1,114 @@
+"""Cancelling a run: nothing new is sent, the run still accounts for every row, and the export can run again."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from apphelpers import call, create_connection, create_export, never_ended_with_open_counts, start_run, wait_for_run
+from conftest import TEST_API_KEY, TEST_BRAND
+from devtools.sample_segment import generate_profiles, write_segment_refresh
+from exporter import config
+from exporter.local_runner import LocalHost
+
+ROWS = 5000  # 50 batches: plenty left to cancel
+WORKERS = 4
+NOT_SENT = "not sent: the run had ended"
+
+
+@pytest.fixture
+def app_env(app_env):
+    return {**app_env, "OMNISEND_RATE_LIMIT": "100000"}  # the sandbox's latency sets the pace, not the budget
+
+
+@pytest.fixture
+def export(services, sandbox, segment_container) -> dict:
+    write_segment_refresh(segment_container, folder="ci", segment="Seg",
+                          profiles=generate_profiles(ROWS, seed=13, invalid_share=0),
+                          when=datetime.now(timezone.utc) - timedelta(minutes=5))
+    conn = create_connection(TEST_API_KEY)
+    return create_export(conn["id"], segment_container.container_name, "ci", "Seg")
+
+
+def trigger(export_id: str):
+    status, body, _ = call("export_runs", "POST", "", route_params={"id": export_id})
+    return status, body
+
+
+def cancel(run_id: str):
+    status, body, _ = call("run_cancel", "POST", "", route_params={"id": run_id})
+    return status, body
+
+
+def created(sandbox) -> int:
+    return sandbox.stats(TEST_BRAND)["batchesCreated"]
+
+
+def test_cancel_during_uploading_stops_sending_and_accounts_for_every_row(services, sandbox, export, app_env,
+                                                                           run_views):
+    sandbox.faults.latency_seconds = 0.15  # each request takes a while: the run is cancelled half way
+    with LocalHost(services.storage, port=0, batch_workers=WORKERS, run_workers=1, timer=False, idle_sleep=0.2,
+                   env=app_env):
+        run_id = start_run(export["id"])["runId"]
+        deadline = time.monotonic() + 60
+        while created(sandbox) < 5:
+            assert time.monotonic() < deadline, "no batch was sent"
+            time.sleep(0.05)
+        assert call("run", "GET", "", route_params={"id": run_id})[1]["status"] in ("uploading", "verifying")
+
+        status, body = trigger(export["id"])  # one run per export at a time
+        assert status == 409 and body["activeRunId"] == run_id and run_id in body["detail"]
+
+        status, body = cancel(run_id)
+        at_cancel = created(sandbox)
+        assert status == 202 and body["status"] == "cancelled" and body["error"].startswith("Cancelled by")
+
+        run = wait_for_run(run_id, timeout=120)
+        after_drain = created(sandbox)
+        time.sleep(3)  # nothing is sent later either (a delayed retry, a redelivered message)
+        assert created(sandbox) == after_drain
+        assert after_drain - at_cancel <= WORKERS  # at most the batches a worker had already begun sending
+
+        c = run["counts"]
+        assert run["status"] == "cancelled" and run["finishedAt"]
+        assert c["read"] == ROWS == c["rejected"] + c["duplicates"] + c["confirmed"] + c["failed"] + c["skipped"]
+        assert 0 < c["failed"] and c["failedByReason"] == {NOT_SENT: c["failed"]}
+        assert c["confirmed"] == c["sent"] == len(sandbox.contacts(TEST_BRAND)) > 0
+        assert c["batchesDone"] == c["batches"] == ROWS // 100
+        never_ended_with_open_counts(run_views)
+        _, _, res = call("run_rejects", "GET", "", route_params={"id": run_id})
+        not_sent = [r for r in csv.DictReader(io.StringIO(res.get_body().decode())) if r["reason"] == NOT_SENT]
+        assert len(not_sent) == c["failed"] and all(r["email"] and "cancelled" in r["detail"] for r in not_sent)
+
+        status, body = cancel(run_id)
+        assert status == 409 and "already ended" in body["detail"]
+
+        # the export is free again: a new run sends everything
+        sandbox.faults.latency_seconds = 0
+        again = wait_for_run(start_run(export["id"])["runId"], timeout=120)
+    assert again["status"] == "succeeded" and again["counts"]["confirmed"] == ROWS
+    assert len(sandbox.contacts(TEST_BRAND)) == ROWS
+
+
+def test_a_run_cancelled_before_planning_sends_nothing(services, sandbox, export, app_env, run_views):
+    run_id = start_run(export["id"])["runId"]  # no workers yet: it waits in the queue
+    status, body = cancel(run_id)
+    assert status == 202 and body["status"] == "cancelled"
+    with LocalHost(services.storage, port=0, batch_workers=WORKERS, run_workers=1, timer=False, idle_sleep=0.2,
+                   env=app_env):
+        deadline = time.monotonic() + 30
+        while services.storage.queue_length(config.QUEUE_RUNS):  # the planner takes the message, and drops it
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(1)
+    run = wait_for_run(run_id, timeout=5)
+    c = run["counts"]
+    assert run["status"] == "cancelled" and c["read"] == c["queued"] == c["batches"] == c["failed"] == 0
+    assert created(sandbox) == 0
+    never_ended_with_open_counts(run_views)
+    status, body = trigger(export["id"])
+    assert status == 202 and body["runId"] != run_id  # the export can run again
