@@ -33,13 +33,89 @@ RECORD = struct.Struct("<QQH")
 FORMAT_VERSION = 1
 
 
+_blake2b = hashlib.blake2b
+_from_bytes = int.from_bytes
+
+
 def member_key(email: str) -> int:
     """Stable 64-bit key of a member (same in every process and run): emails compare case-insensitively."""
-    return int.from_bytes(hashlib.blake2b(email_key(email).encode(), digest_size=8).digest(), "little")
+    return _from_bytes(_blake2b(email_key(email).encode(), digest_size=8).digest(), "little")
 
 
 def fingerprint(contact_json: str) -> int:
-    return int.from_bytes(hashlib.blake2b(contact_json.encode(), digest_size=8).digest(), "little")
+    return _from_bytes(_blake2b(contact_json.encode(), digest_size=8).digest(), "little")
+
+
+class KeySet:
+    """A set of 64-bit member keys at 8 to 16 bytes a key (open addressing in one ``array('Q')``).
+
+    The planner remembers every email of a run to drop duplicates; a Python ``set`` of ints takes
+    about 70 bytes a key (the int objects and the hash table), 70 MB for a million members. Keys are
+    hashes, so their low bits index the table directly. Zero marks an empty slot (key 0 is kept aside).
+    """
+
+    __slots__ = ("_slots", "_mask", "_len", "_zero")
+
+    def __init__(self, capacity: int = 1 << 18):
+        size = 1 << max(4, (capacity - 1).bit_length())
+        self._slots = array("Q", [0]) * size
+        self._mask = size - 1
+        self._len = 0
+        self._zero = False
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __contains__(self, key: int) -> bool:
+        if not key:
+            return self._zero
+        slots, mask = self._slots, self._mask
+        i = key & mask
+        v = slots[i]
+        while v:
+            if v == key:
+                return True
+            i = (i + 1) & mask
+            v = slots[i]
+        return False
+
+    def add(self, key: int) -> bool:
+        """Add ``key``; True when it was not there yet."""
+        if not key:
+            if self._zero:
+                return False
+            self._zero = True
+            self._len += 1
+            return True
+        slots, mask = self._slots, self._mask
+        i = key & mask
+        v = slots[i]
+        while v:
+            if v == key:
+                return False
+            i = (i + 1) & mask
+            v = slots[i]
+        slots[i] = key
+        self._len += 1
+        if self._len * 2 > mask:
+            self._grow()
+        return True
+
+    def _grow(self) -> None:
+        old = self._slots
+        size = 2 * len(old)
+        slots = array("Q", [0]) * size
+        mask = size - 1
+        for key in old:
+            if key:
+                i = key & mask
+                while slots[i]:
+                    i = (i + 1) & mask
+                slots[i] = key
+        self._slots, self._mask = slots, mask
+
+    def clear(self) -> None:
+        self.__init__()
 
 
 @dataclass(frozen=True)
@@ -72,6 +148,30 @@ def _records(f: BinaryIO) -> Iterator[tuple[int, int, str]]:
         yield key, fp, f.read(n).decode("utf-8")
 
 
+def _load_keys(f: BinaryIO, keys: array, fps: array, chunk: int = 1 << 20) -> None:
+    """Append the key and fingerprint of every record, reading the file in large pieces."""
+    unpack, size = RECORD.unpack_from, RECORD.size
+    add_key, add_fp = keys.append, fps.append
+    buf, pos = b"", 0
+    while True:
+        more = f.read(chunk)
+        if more:
+            buf = buf[pos:] + more
+            pos = 0
+        end = len(buf)
+        while pos + size <= end:
+            key, fp, n = unpack(buf, pos)
+            if pos + size + n > end:
+                break
+            add_key(key)
+            add_fp(fp)
+            pos += size + n
+        if not more:
+            if pos != end:
+                raise ValueError("membership state ends in the middle of a record")
+            return
+
+
 class MemberState:
     """The previous confirmed members, loaded for one run: lookups by key, marks, and the leavers."""
 
@@ -82,9 +182,7 @@ class MemberState:
         self.fps = array("Q")
         with open(path, "rb") as f:
             f.readline()
-            for key, fp, _ in _records(f):
-                self.keys.append(key)
-                self.fps.append(fp)
+            _load_keys(f, self.keys, self.fps)
         self.present = bytearray(len(self.keys))
 
     def __len__(self) -> int:

@@ -69,3 +69,23 @@ def test_a_crash_while_writing_leaves_the_previous_state(blob_service, unique):
         assert store.load("e1").header.run_id == "r1"
     finally:
         container.delete_container()
+
+
+def test_key_set_behaves_like_a_set_through_growth():
+    import random
+
+    from exporter.membership import KeySet
+
+    rng = random.Random(5)
+    keys = [rng.getrandbits(64) for _ in range(5000)] + [0, 1, 2**64 - 1]
+    keys += keys[:300]  # repeats
+    ks, plain = KeySet(capacity=16), set()
+    for k in keys:
+        assert ks.add(k) == (k not in plain)
+        plain.add(k)
+        assert k in ks
+    assert len(ks) == len(plain)
+    assert all(k in ks for k in plain)
+    assert not any(k in ks for k in (rng.getrandbits(64) for _ in range(1000)) if k not in plain)
+    ks.clear()
+    assert len(ks) == 0 and keys[0] not in ks and 0 not in ks
