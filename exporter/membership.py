@@ -25,11 +25,13 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator
 
+from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
 
 from .mapping import email_key
 
 RECORD = struct.Struct("<QQH")
+LOAD_CHUNK_BYTES = 4 * 1024 * 1024  # one ranged GET of a state blob
 FORMAT_VERSION = 1
 
 
@@ -139,13 +141,27 @@ class StateHeader:
         return cls(d["exportId"], d["connectionId"], d["syncKey"], d["tag"], d["runId"], d["count"])
 
 
-def _records(f: BinaryIO) -> Iterator[tuple[int, int, str]]:
+def _records(f: BinaryIO, chunk: int = 1 << 20) -> Iterator[tuple[int, int, str]]:
+    """(key, fingerprint, email) of every record from the file's position on, read in large pieces."""
+    unpack, size = RECORD.unpack_from, RECORD.size
+    buf, pos = b"", 0
     while True:
-        head = f.read(RECORD.size)
-        if not head:
+        more = f.read(chunk)
+        if more:
+            buf = buf[pos:] + more
+            pos = 0
+        end = len(buf)
+        while pos + size <= end:
+            key, fp, n = unpack(buf, pos)
+            stop = pos + size + n
+            if stop > end:
+                break
+            yield key, fp, buf[pos + size:stop].decode("utf-8")
+            pos = stop
+        if not more:
+            if pos != end:
+                raise ValueError("membership state ends in the middle of a record")
             return
-        key, fp, n = RECORD.unpack(head)
-        yield key, fp, f.read(n).decode("utf-8")
 
 
 def _load_keys(f: BinaryIO, keys: array, fps: array, chunk: int = 1 << 20) -> None:
@@ -184,13 +200,26 @@ class MemberState:
             f.readline()
             _load_keys(f, self.keys, self.fps)
         self.present = bytearray(len(self.keys))
+        # Keys are hashes, evenly spread: an index of where each range of top bits starts (about 8
+        # keys a range, half a byte a member) leaves a bisection of a handful of keys per lookup.
+        n = len(self.keys)
+        bits = (n // 8).bit_length()
+        self._shift = 64 - bits
+        self._starts = starts = array("I", [0]) * ((1 << bits) + 1)
+        keys, shift = self.keys, self._shift
+        for b in range(1 << bits):
+            starts[b] = bisect_left(keys, b << shift, starts[b - 1] if b else 0)
+        starts[1 << bits] = n
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def find(self, key: int) -> int:
-        i = bisect_left(self.keys, key)
-        return i if i < len(self.keys) and self.keys[i] == key else -1
+        """Position of ``key`` in ``keys`` (and ``fps``, ``present``), or -1."""
+        b = key >> self._shift
+        hi = self._starts[b + 1]
+        i = bisect_left(self.keys, key, self._starts[b], hi)
+        return i if i < hi and self.keys[i] == key else -1
 
     def records(self) -> Iterator[tuple[int, int, str]]:
         with open(self.path, "rb") as f:
@@ -222,13 +251,19 @@ class StateStore:
     def load(self, export_id: str) -> MemberState | None:
         try:
             pointer = json.loads(self._pointer(export_id).download_blob().readall())
-            stream = self.container.get_blob_client(pointer["blob"]).download_blob(max_concurrency=1)
+            blob = self.container.get_blob_client(pointer["blob"])
+            props = blob.get_blob_properties()
         except ResourceNotFoundError:
             return None
         fd, path = tempfile.mkstemp(prefix="members-", suffix=".bin")
         with os.fdopen(fd, "wb") as f:
-            for chunk in stream.chunks():
-                f.write(chunk)
+            # ranged GETs pinned to the ETag: the client's first GET would otherwise hold up to 32 MB
+            for offset in range(0, props.size, LOAD_CHUNK_BYTES):
+                stream = blob.download_blob(offset=offset, length=min(LOAD_CHUNK_BYTES, props.size - offset),
+                                            max_concurrency=1, etag=props.etag,
+                                            match_condition=MatchConditions.IfNotModified)
+                for chunk in stream.chunks():
+                    f.write(chunk)
         with open(path, "rb") as f:
             header = StateHeader.from_json(f.readline())
         return MemberState(header, path)
