@@ -7,6 +7,7 @@ planner calls it for every row of segments with a million profiles.
 from __future__ import annotations
 
 import re
+from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps uses for str (ensure_ascii)
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -96,6 +97,14 @@ class ContactMapper:
             (api, index[wanted[api]]) for api, _ in MAPPABLE_FIELDS if api != "email" and api in wanted
         )
         self.options = options
+        # map_json: the contact's JSON text built from pieces, byte for byte what
+        # json.dumps(map(fields), separators=(",", ":")) gives (the membership fingerprints depend on it)
+        welcome = "true" if options.send_welcome_message else "false"
+        self._json_head = '{"identifiers":[{"type":"email","id":'
+        self._json_mid = '}},"sendWelcomeMessage":' + welcome + "}]"
+        self._json_unknown = ',"channels":{"email":{"status":"nonSubscribed","statusChangedAt":' + \
+            _json_str(UNKNOWN_CONSENT_AT)
+        self._json_fields = tuple((f',"{api}":', i, api == "country") for api, i in self.field_indexes)
 
     def _channel(self, fields: list[str]) -> dict | Rejection:
         unknown = {"status": "nonSubscribed", "statusChangedAt": UNKNOWN_CONSENT_AT}
@@ -152,6 +161,57 @@ class ContactMapper:
             else:
                 contact[api] = value
         return contact
+
+
+    def map_json(self, fields: list[str], dated_at: str) -> tuple[str, str, str] | Rejection:
+        """The planner's fast path: ``(email, fingerprint text, text to send)`` or a Rejection.
+
+        The same checks, in the same order, as ``map``; the texts are what ``json.dumps`` with
+        ``separators=(",", ":")`` makes of ``map``'s contact, without building it. The fingerprint
+        text is the contact as mapped; the text to send differs only for a consent status without
+        a date column, which is dated ``dated_at`` (the refresh's time) after fingerprinting.
+        """
+        email = fields[self.email_index].strip()
+        if not email:
+            return _MISSING_EMAIL
+        if len(email) > 254 or not is_valid_email(email):
+            return _INVALID_EMAIL
+        undated = None
+        if self.consent_index is None:
+            channel = self._json_unknown
+        else:
+            c = self._channel(fields)
+            if isinstance(c, Rejection):
+                return c
+            channel = ',"channels":{"email":{"status":' + _json_str(c["status"])
+            if "statusChangedAt" in c:
+                channel += ',"statusChangedAt":' + _json_str(c["statusChangedAt"])
+            else:
+                undated = channel + ',"statusChangedAt":' + _json_str(dated_at)
+        parts = [self._json_head, _json_str(email), channel, self._json_mid]
+        append = parts.append
+        for key, i, is_country in self._json_fields:
+            value = fields[i].strip()
+            if not value:
+                continue
+            if len(value) > MAX_FIELD_CHARS:
+                return Rejection(REASON_VALUE_TOO_LONG, f"{key[2:-2]} is longer than {MAX_FIELD_CHARS} characters")
+            if is_country and len(value) == 2 and value.upper() in ISO_ALPHA2:
+                append(',"countryCode":')
+                append(_json_str(value.upper()))
+            else:
+                append(key)
+                append(_json_str(value))
+        append("}")
+        text = "".join(parts)
+        if undated is None:
+            return email, text, text
+        parts[2] = undated
+        return email, text, "".join(parts)
+
+
+_MISSING_EMAIL = Rejection(REASON_MISSING_EMAIL, "the email column is empty")
+_INVALID_EMAIL = Rejection(REASON_INVALID_EMAIL, "not a valid email address")
 
 
 def _channel_at(value: str) -> str | None:

@@ -25,21 +25,99 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator
 
+from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
 
 from .mapping import email_key
 
 RECORD = struct.Struct("<QQH")
+LOAD_CHUNK_BYTES = 4 * 1024 * 1024  # one ranged GET of a state blob
 FORMAT_VERSION = 1
+
+
+_blake2b = hashlib.blake2b
+_from_bytes = int.from_bytes
 
 
 def member_key(email: str) -> int:
     """Stable 64-bit key of a member (same in every process and run): emails compare case-insensitively."""
-    return int.from_bytes(hashlib.blake2b(email_key(email).encode(), digest_size=8).digest(), "little")
+    return _from_bytes(_blake2b(email_key(email).encode(), digest_size=8).digest(), "little")
 
 
 def fingerprint(contact_json: str) -> int:
-    return int.from_bytes(hashlib.blake2b(contact_json.encode(), digest_size=8).digest(), "little")
+    return _from_bytes(_blake2b(contact_json.encode(), digest_size=8).digest(), "little")
+
+
+class KeySet:
+    """A set of 64-bit member keys at 8 to 16 bytes a key (open addressing in one ``array('Q')``).
+
+    The planner remembers every email of a run to drop duplicates; a Python ``set`` of ints takes
+    about 70 bytes a key (the int objects and the hash table), 70 MB for a million members. Keys are
+    hashes, so their low bits index the table directly. Zero marks an empty slot (key 0 is kept aside).
+    """
+
+    __slots__ = ("_slots", "_mask", "_len", "_zero")
+
+    def __init__(self, capacity: int = 1 << 18):
+        size = 1 << max(4, (capacity - 1).bit_length())
+        self._slots = array("Q", [0]) * size
+        self._mask = size - 1
+        self._len = 0
+        self._zero = False
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __contains__(self, key: int) -> bool:
+        if not key:
+            return self._zero
+        slots, mask = self._slots, self._mask
+        i = key & mask
+        v = slots[i]
+        while v:
+            if v == key:
+                return True
+            i = (i + 1) & mask
+            v = slots[i]
+        return False
+
+    def add(self, key: int) -> bool:
+        """Add ``key``; True when it was not there yet."""
+        if not key:
+            if self._zero:
+                return False
+            self._zero = True
+            self._len += 1
+            return True
+        slots, mask = self._slots, self._mask
+        i = key & mask
+        v = slots[i]
+        while v:
+            if v == key:
+                return False
+            i = (i + 1) & mask
+            v = slots[i]
+        slots[i] = key
+        self._len += 1
+        if self._len * 2 > mask:
+            self._grow()
+        return True
+
+    def _grow(self) -> None:
+        old = self._slots
+        size = 2 * len(old)
+        slots = array("Q", [0]) * size
+        mask = size - 1
+        for key in old:
+            if key:
+                i = key & mask
+                while slots[i]:
+                    i = (i + 1) & mask
+                slots[i] = key
+        self._slots, self._mask = slots, mask
+
+    def clear(self) -> None:
+        self.__init__()
 
 
 @dataclass(frozen=True)
@@ -63,13 +141,51 @@ class StateHeader:
         return cls(d["exportId"], d["connectionId"], d["syncKey"], d["tag"], d["runId"], d["count"])
 
 
-def _records(f: BinaryIO) -> Iterator[tuple[int, int, str]]:
+def _records(f: BinaryIO, chunk: int = 1 << 20) -> Iterator[tuple[int, int, str]]:
+    """(key, fingerprint, email) of every record from the file's position on, read in large pieces."""
+    unpack, size = RECORD.unpack_from, RECORD.size
+    buf, pos = b"", 0
     while True:
-        head = f.read(RECORD.size)
-        if not head:
+        more = f.read(chunk)
+        if more:
+            buf = buf[pos:] + more
+            pos = 0
+        end = len(buf)
+        while pos + size <= end:
+            key, fp, n = unpack(buf, pos)
+            stop = pos + size + n
+            if stop > end:
+                break
+            yield key, fp, buf[pos + size:stop].decode("utf-8")
+            pos = stop
+        if not more:
+            if pos != end:
+                raise ValueError("membership state ends in the middle of a record")
             return
-        key, fp, n = RECORD.unpack(head)
-        yield key, fp, f.read(n).decode("utf-8")
+
+
+def _load_keys(f: BinaryIO, keys: array, fps: array, chunk: int = 1 << 20) -> None:
+    """Append the key and fingerprint of every record, reading the file in large pieces."""
+    unpack, size = RECORD.unpack_from, RECORD.size
+    add_key, add_fp = keys.append, fps.append
+    buf, pos = b"", 0
+    while True:
+        more = f.read(chunk)
+        if more:
+            buf = buf[pos:] + more
+            pos = 0
+        end = len(buf)
+        while pos + size <= end:
+            key, fp, n = unpack(buf, pos)
+            if pos + size + n > end:
+                break
+            add_key(key)
+            add_fp(fp)
+            pos += size + n
+        if not more:
+            if pos != end:
+                raise ValueError("membership state ends in the middle of a record")
+            return
 
 
 class MemberState:
@@ -82,17 +198,28 @@ class MemberState:
         self.fps = array("Q")
         with open(path, "rb") as f:
             f.readline()
-            for key, fp, _ in _records(f):
-                self.keys.append(key)
-                self.fps.append(fp)
+            _load_keys(f, self.keys, self.fps)
         self.present = bytearray(len(self.keys))
+        # Keys are hashes, evenly spread: an index of where each range of top bits starts (about 8
+        # keys a range, half a byte a member) leaves a bisection of a handful of keys per lookup.
+        n = len(self.keys)
+        bits = (n // 8).bit_length()
+        self._shift = 64 - bits
+        self._starts = starts = array("I", [0]) * ((1 << bits) + 1)
+        keys, shift = self.keys, self._shift
+        for b in range(1 << bits):
+            starts[b] = bisect_left(keys, b << shift, starts[b - 1] if b else 0)
+        starts[1 << bits] = n
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def find(self, key: int) -> int:
-        i = bisect_left(self.keys, key)
-        return i if i < len(self.keys) and self.keys[i] == key else -1
+        """Position of ``key`` in ``keys`` (and ``fps``, ``present``), or -1."""
+        b = key >> self._shift
+        hi = self._starts[b + 1]
+        i = bisect_left(self.keys, key, self._starts[b], hi)
+        return i if i < hi and self.keys[i] == key else -1
 
     def records(self) -> Iterator[tuple[int, int, str]]:
         with open(self.path, "rb") as f:
@@ -124,13 +251,19 @@ class StateStore:
     def load(self, export_id: str) -> MemberState | None:
         try:
             pointer = json.loads(self._pointer(export_id).download_blob().readall())
-            stream = self.container.get_blob_client(pointer["blob"]).download_blob(max_concurrency=1)
+            blob = self.container.get_blob_client(pointer["blob"])
+            props = blob.get_blob_properties()
         except ResourceNotFoundError:
             return None
         fd, path = tempfile.mkstemp(prefix="members-", suffix=".bin")
         with os.fdopen(fd, "wb") as f:
-            for chunk in stream.chunks():
-                f.write(chunk)
+            # ranged GETs pinned to the ETag: the client's first GET would otherwise hold up to 32 MB
+            for offset in range(0, props.size, LOAD_CHUNK_BYTES):
+                stream = blob.download_blob(offset=offset, length=min(LOAD_CHUNK_BYTES, props.size - offset),
+                                            max_concurrency=1, etag=props.etag,
+                                            match_condition=MatchConditions.IfNotModified)
+                for chunk in stream.chunks():
+                    f.write(chunk)
         with open(path, "rb") as f:
             header = StateHeader.from_json(f.readline())
         return MemberState(header, path)

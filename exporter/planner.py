@@ -14,7 +14,7 @@ import json
 import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timezone
 
 from . import segments
@@ -30,7 +30,7 @@ from .mapping import (
     MappingError,
     Rejection,
 )
-from .membership import fingerprint, member_key
+from .membership import KeySet, fingerprint, member_key
 from .runs import conclude, settle
 from .services import Services
 from .storage import ReportWriter
@@ -55,6 +55,7 @@ class _Pending:
     fps: list[str]  # fingerprint of each contact as planned: what the membership state records
     contacts: list[str]
     chars: int
+    part_index: dict[str, int] = field(default_factory=dict)  # position of each of ``parts``
 
 
 class BatchBuilder:
@@ -69,6 +70,7 @@ class BatchBuilder:
         self.batches = 0
         self.contacts = 0
         self._pending: _Pending | None = None
+        self._part_refs: dict[str, str] = {}  # partition name -> its JSON string
         # envelope: head + ',"batch":NNNNNNN,"parts":[...],"refs":[...],"contacts":[...]}'
         self._envelope = len(self._head) + 64
 
@@ -77,16 +79,21 @@ class BatchBuilder:
 
     def add(self, contact_json: str, partition: str, row: int, fp: int = 0) -> None:
         p = self._pending
-        part_ref = json.dumps(partition)
-        extra = len(contact_json) + 38 + (0 if p and part_ref in p.parts else len(part_ref) + 1)
+        part_ref = self._part_refs.get(partition)
+        if part_ref is None:
+            part_ref = self._part_refs[partition] = json.dumps(partition)
+        index = p.part_index.get(part_ref) if p is not None else None
+        extra = len(contact_json) + 38 + (0 if index is not None else len(part_ref) + 1)
         if p is not None and (len(p.contacts) >= MAX_BATCH_CONTACTS or p.chars + extra > MAX_MESSAGE_CHARS):
             self.flush()
             p = None
         if p is None:
             p = self._pending = _Pending(parts=[], refs=[], fps=[], contacts=[], chars=self._envelope)
-        if part_ref not in p.parts:
+            index = None
+        if index is None:
+            index = p.part_index[part_ref] = len(p.parts)
             p.parts.append(part_ref)
-        p.refs.append(f"[{p.parts.index(part_ref)},{row}]")
+        p.refs.append(f"[{index},{row}]")
         p.fps.append(str(fp))
         p.contacts.append(contact_json)
         p.chars += extra
@@ -216,11 +223,13 @@ def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper,
     counts = RunCounts()
     svc.storage.create_report(run.id)
     report = svc.storage.open_report(run.id)
-    seen: set[int] = set()  # member keys (64-bit hashes of casefolded emails), not the addresses
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    seen = KeySet()  # member keys (64-bit hashes of casefolded emails), not the addresses
     log.info("planning %s", refresh.folder, extra=ctx)
     with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
         builder = BatchBuilder(run, spool)
+        # bound once: this loop runs for every row of the segment
+        map_json, add, fits_alone, remember = mapper.map_json, builder.add, builder.fits_alone, seen.add
+        find = state.find if state is not None else None
         try:
             for partition, number, fields, error in segments.read_rows(container, refresh, schema):
                 counts.read += 1
@@ -229,36 +238,33 @@ def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper,
                     _reject(report, counts, partition, number, mapper.email_of(fields) if reason != REASON_NOT_UTF8 else "",
                             Rejection(reason, error))
                     continue
-                contact = mapper.map(fields)
-                if isinstance(contact, Rejection):
-                    _reject(report, counts, partition, number, mapper.email_of(fields), contact)
+                # the contact's JSON text, as sent, and the text its fingerprint is taken of (they differ
+                # only for mapped consent without a date, which is dated with the refresh's time)
+                mapped = map_json(fields, refreshed_at)
+                if isinstance(mapped, Rejection):
+                    _reject(report, counts, partition, number, mapper.email_of(fields), mapped)
                     continue
-                email = contact["identifiers"][0]["id"]
+                email, fp_text, text = mapped
                 key = member_key(email)
                 if key in seen:
                     counts.duplicates += 1
                     report.add("planning", partition, number, email, REASON_DUPLICATE, "an earlier row has the same email")
                     continue
-                text = dumps(contact)
-                fp = fingerprint(text)
-                if state is not None:
-                    i = state.find(key)
+                fp = fingerprint(fp_text)
+                if find is not None:
+                    i = find(key)
                     if i >= 0:
                         state.present[i] = 1
                         if diffing and state.fps[i] == fp:
-                            seen.add(key)
+                            remember(key)
                             counts.skipped += 1  # Omnisend already holds exactly this
                             continue
-                channel = contact["identifiers"][0]["channels"]["email"]
-                if "statusChangedAt" not in channel:  # mapped consent without a date: the refresh's time
-                    channel["statusChangedAt"] = refreshed_at
-                    text = dumps(contact)
-                if not builder.fits_alone(text, partition):
+                if not fits_alone(text, partition):
                     _reject(report, counts, partition, number, email,
                             Rejection(REASON_CONTACT_TOO_LARGE, "the contact does not fit in one queue message"))
                     continue
-                seen.add(key)
-                builder.add(text, partition, number, fp)
+                remember(key)
+                add(text, partition, number, fp)
             builder.flush()
             untags = _plan_untags(run, export, state, spool, counts) if state is not None else 0
         except segments.SegmentSourceError as e:

@@ -111,3 +111,52 @@ def test_welcome_message_only_when_the_export_opts_in():
     assert mapper.map(["a@example.com", "", ""])["identifiers"][0]["sendWelcomeMessage"] is True
     assert ContactMapper(CONSENT_COLUMNS, Mapping(email="Mail")).map(["a@example.com", "", ""])["identifiers"][0][
         "sendWelcomeMessage"] is False
+
+
+def _as_sent(contact: dict) -> str:
+    import json
+
+    return json.dumps(contact, separators=(",", ":"))
+
+
+def test_the_planners_json_fast_path_is_byte_for_byte_what_json_dumps_makes_of_the_contact():
+    """map_json must give the exact text of json.dumps(map(...)): membership fingerprints depend on it."""
+    from devtools.sample_segment import COLUMNS as SAMPLE_COLUMNS, generate_profiles
+
+    mapping = Mapping(email="PrimaryEmail", first_name="FirstName", last_name="LastName", address="StreetAddress",
+                      city="City", state="State", postal_code="PostCode", country="Country")
+    rows = [[p[c] for c in SAMPLE_COLUMNS] for p in generate_profiles(3000, seed=3, invalid_share=0.05,
+                                                                      duplicate_share=0.02)]
+    odd = ['Zoë "Z" \\ O\'Brien', "tab\there", "emoji \U0001f600", "ctl \x01\x1f", "  ", "x" * 2001, "lt", "Xx", "\u2028"]
+    for i, value in enumerate(odd):
+        for col in (1, 2, 4, 8):
+            r = list(rows[i])
+            r[col] = value
+            rows.append(r)
+    for options in (ContactOptions(), ContactOptions(send_welcome_message=True)):
+        mapper = ContactMapper(SAMPLE_COLUMNS, mapping, options)
+        for r in rows:
+            contact, fast = mapper.map(r), mapper.map_json(r, "2026-01-02T03:04:05Z")
+            if isinstance(contact, Rejection):
+                assert fast == contact
+                continue
+            assert fast == (contact["identifiers"][0]["id"], _as_sent(contact), _as_sent(contact))
+
+
+@pytest.mark.parametrize("changed_at_column", [None, "ConsentDate"])
+def test_the_fast_path_matches_with_consent_mapped(changed_at_column):
+    columns = ("Email", "Consent", "ConsentDate", "City")
+    consent = Consent(column="Consent", changed_at_column=changed_at_column)
+    mapper = ContactMapper(columns, Mapping(email="Email", city="City"), ContactOptions(consent=consent))
+    for value in ("yes", "NO ", "", "maybe"):
+        for date in ("2026-07-01", "2026-07-01T10:00:00+02:00", "not a date", ""):
+            r = ["a@example.com", value, date, "Vilnius"]
+            contact, fast = mapper.map(r), mapper.map_json(r, "2026-01-02T03:04:05Z")
+            if isinstance(contact, Rejection):
+                assert fast == contact
+                continue
+            fp_text = _as_sent(contact)
+            channel = contact["identifiers"][0]["channels"]["email"]
+            if "statusChangedAt" not in channel:  # the planner dates it with the refresh time after fingerprinting
+                channel["statusChangedAt"] = "2026-01-02T03:04:05Z"
+            assert fast == ("a@example.com", fp_text, _as_sent(contact))

@@ -69,3 +69,56 @@ def test_a_crash_while_writing_leaves_the_previous_state(blob_service, unique):
         assert store.load("e1").header.run_id == "r1"
     finally:
         container.delete_container()
+
+
+def test_key_set_behaves_like_a_set_through_growth():
+    import random
+
+    from exporter.membership import KeySet
+
+    rng = random.Random(5)
+    keys = [rng.getrandbits(64) for _ in range(5000)] + [0, 1, 2**64 - 1]
+    keys += keys[:300]  # repeats
+    ks, plain = KeySet(capacity=16), set()
+    for k in keys:
+        assert ks.add(k) == (k not in plain)
+        plain.add(k)
+        assert k in ks
+    assert len(ks) == len(plain)
+    assert all(k in ks for k in plain)
+    assert not any(k in ks for k in (rng.getrandbits(64) for _ in range(1000)) if k not in plain)
+    ks.clear()
+    assert len(ks) == 0 and keys[0] not in ks and 0 not in ks
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1000, 20_000])
+def test_lookups_find_every_member_and_nobody_else(tmp_path, n):
+    import random
+
+    from exporter.membership import RECORD
+
+    rng = random.Random(n)
+    keys = sorted({rng.getrandbits(64) for _ in range(n)} | ({0, 2**64 - 1} if n > 8 else set()))
+    path = tmp_path / "state.bin"
+    with open(path, "wb") as f:
+        f.write(header().to_json().encode() + b"\n")
+        for k in keys:
+            f.write(RECORD.pack(k, k ^ 1, 1) + b"x")
+    state = MemberState(header(), str(path))
+    assert list(state.keys) == keys and len(state) == len(keys)
+    assert all(state.find(k) == i and state.fps[i] == k ^ 1 for i, k in enumerate(keys))
+    others = [rng.getrandbits(64) for _ in range(2000)] + [0, 1, 2**63, 2**64 - 1]
+    assert all(state.find(k) == -1 for k in others if k not in set(keys))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+def test_records_are_read_whole_across_read_boundaries(tmp_path, chunk):
+    import io
+
+    from exporter.membership import RECORD, _records
+
+    records = [(i * 7919, i, f"person{i}@exämple.com" * (i % 3)) for i in range(200)]
+    data = b"".join(RECORD.pack(k, fp, len(e.encode())) + e.encode() for k, fp, e in records)
+    assert list(_records(io.BytesIO(data), chunk=chunk)) == records
+    with pytest.raises(ValueError):
+        list(_records(io.BytesIO(data[:-3]), chunk=chunk))

@@ -1,0 +1,83 @@
+"""Plan one queued run in this process and print what it cost, as one JSON line.
+
+    python -m benchmarks.plan_worker RUN_ID [--profile FILE]
+
+Run by ``benchmarks.planning`` in a fresh process per measurement, so that the peak RSS (VmHWM) is
+the planner's alone. Time spent enqueueing the spooled batches and loading the membership state is
+measured separately by wrapping those two functions (they are called once per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("run_id")
+    p.add_argument("--profile", help="write cProfile stats of plan_run to this file")
+    args = p.parse_args(argv)
+
+    from benchmarks.stack import vm_hwm_mb, vm_rss_mb
+    from exporter import membership, planner
+    from exporter.config import load_settings
+    from exporter.services import build_services
+
+    svc = build_services(load_settings(os.environ))
+    spent = {"enqueue": 0.0, "state_load": 0.0, "enqueue_cpu": 0.0}
+
+    def cpu() -> float:
+        ru = resource.getrusage(resource.RUSAGE_SELF)  # all threads of the process
+        return ru.ru_utime + ru.ru_stime
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            t, c = time.perf_counter(), cpu()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[name] += time.perf_counter() - t
+                if name == "enqueue":
+                    spent["enqueue_cpu"] += cpu() - c
+        return wrapper
+
+    planner._enqueue = timed("enqueue", planner._enqueue)
+    membership.StateStore.load = timed("state_load", membership.StateStore.load)
+
+    rss_before = vm_rss_mb()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    if args.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        run = prof.runcall(planner.plan_run, svc, args.run_id)
+        prof.dump_stats(args.profile)
+    else:
+        run = planner.plan_run(svc, args.run_id)
+    wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    out = {
+        "wall": wall,
+        "enqueue": spent["enqueue"],
+        "state_load": spent["state_load"],
+        "enqueue_cpu": spent["enqueue_cpu"],
+        "cpu": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+        "rss_before_mb": rss_before,
+        "peak_rss_mb": vm_hwm_mb(),
+        "maxrss_mb": ru1.ru_maxrss / 1024,
+        "status": run.status.value if run else None,
+        "error": run.error if run else None,
+        "counts": run.counts.to_api() if run else None,
+    }
+    sys.stdout.write(json.dumps(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
