@@ -55,7 +55,7 @@ def fault_segment(azurite_storage, profiles):
 
 @pytest.fixture
 def sandbox():
-    """A rate limit that never binds (the 429 test injects its own); faults seeded, so runs repeat."""
+    """A rate limit that never binds (the 429 test injects its own 429s)."""
     server = SandboxServer(api_keys={TEST_API_KEY: TEST_BRAND}, rate_limit=100_000, batch_delay_seconds=0.01,
                            faults=Faults(seed=4))
     server.start()
