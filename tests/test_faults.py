@@ -55,9 +55,9 @@ def fault_segment(azurite_storage, profiles):
 
 @pytest.fixture
 def sandbox():
-    """A rate limit that never binds (the 429 test injects its own 429s)."""
-    server = SandboxServer(api_keys={TEST_API_KEY: TEST_BRAND}, rate_limit=100_000, batch_delay_seconds=0.01,
-                           faults=Faults(seed=4))
+    """Rate limits that never bind (the 429 test injects its own 429s)."""
+    server = SandboxServer(api_keys={TEST_API_KEY: TEST_BRAND}, rate_limit=100_000, tags_rate_limit=100_000,
+                           batch_delay_seconds=0.01, faults=Faults(seed=4))
     server.start()
     yield server
     server.stop()
@@ -65,7 +65,8 @@ def sandbox():
 
 @pytest.fixture
 def app_env(app_env):
-    return {**app_env, "OMNISEND_TIMEOUT_SECONDS": str(CLIENT_TIMEOUT), "OMNISEND_RATE_LIMIT": "100000"}
+    return {**app_env, "OMNISEND_TIMEOUT_SECONDS": str(CLIENT_TIMEOUT), "OMNISEND_RATE_LIMIT": "100000",
+            "OMNISEND_TAGS_RATE_LIMIT": "100000"}
 
 
 @pytest.fixture(autouse=True)
@@ -75,20 +76,23 @@ def fast_retries(monkeypatch):
 
 class Bursts:
     """``count`` bursts of 429s (with retryAfter, like real ones): ``size`` requests in a row answered
-    429, the next burst ``pause`` seconds after the last one was used up."""
+    429, one burst each time Omnisend has taken another ``every`` batches. Tied to the run's progress,
+    not to the clock, so every burst lands mid-run however fast the machine is."""
 
-    def __init__(self, faults: Faults, size: int, count: int, pause: float):
-        self.faults, self.size, self.count, self.pause = faults, size, count, pause
+    def __init__(self, sandbox, size: int, count: int, every: int):
+        self.sandbox, self.size, self.count, self.every = sandbox, size, count, every
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.bursts = 0
 
     def _run(self):
-        while self.bursts < self.count and not self.stop.wait(self.pause):
-            self.faults.force_status(429, count=self.size)
-            self.bursts += 1
-            while self.faults.forced_pending and not self.stop.wait(0.05):
-                pass
+        faults = self.sandbox.faults
+        while self.bursts < self.count and not self.stop.wait(0.02):
+            if self.sandbox.stats(TEST_BRAND)["batchesCreated"] >= self.every * (self.bursts + 1):
+                faults.force_status(429, count=self.size)
+                self.bursts += 1
+                while faults.forced_pending and not self.stop.wait(0.02):
+                    pass
 
     def __enter__(self):
         self.thread.start()
@@ -182,7 +186,7 @@ def check_run(run: dict, profiles, sandbox, failed: dict[str, str] | None = None
 
 def test_429_bursts(services, sandbox, app_env, fault_segment, profiles):
     sandbox.faults.retry_after_seconds = 1
-    bursts = Bursts(sandbox.faults, size=25, count=4, pause=4)  # 25 requests in a row answered 429, 4 times
+    bursts = Bursts(sandbox, size=25, count=4, every=35)  # 25 requests in a row answered 429, 4 times
     run = export_under_faults(services, app_env, fault_segment, bursts=bursts)
     assert bursts.bursts == 4
     check_run(run, profiles, sandbox)  # a 429 never counts as a failed attempt: all were confirmed
@@ -251,7 +255,7 @@ def test_all_faults_at_once(services, sandbox, app_env, fault_segment, profiles)
         f.drop_after_processing, f.slow_seconds = 0.5, CLIENT_TIMEOUT + 0.5
         f.stop_batches_after, f.item_error_rate = 90, 0.03
 
-    bursts = Bursts(f, size=25, count=3, pause=5)
+    bursts = Bursts(sandbox, size=25, count=3, every=40)
     run = export_under_faults(services, app_env, fault_segment, faults_on, bursts)
     failed = expected_failures(profiles, stop_after=90, item_error_rate=0.03)
     assert {STOPPED, REFUSED} == set(failed.values())
