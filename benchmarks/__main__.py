@@ -48,6 +48,7 @@ class Results:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=1_000_000, help="largest planning size (default 1,000,000)")
+    p.add_argument("--sizes", help="planning sizes instead, comma-separated (e.g. 1000000)")
     p.add_argument("--upload-rows", type=int, default=100_000,
                    help="rows of the whole run without rate limit (default 100,000; see docs/benchmarks.md)")
     p.add_argument("--ceiling", action="append", metavar="LIMIT/TAGS/WINDOW:ROWS",
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace, command: str, log=print) -> Results:
     try:
         if "planning" in only:
             svc = planning.services()
-            for n in plan_sizes(args.rows):
+            for n in ([int(x) for x in args.sizes.split(",")] if args.sizes else plan_sizes(args.rows)):
                 log(f"planning {n:,} rows")
                 res.planning += planning.bench_size(svc, n, profile_dir=args.profile, log=log)
         if "upload" in only:
@@ -141,6 +142,8 @@ def extrapolation(res: Results) -> str:
             f"this run took after planning; the per-batch work does not depend on the segment's size): about "
             f"{total / 60:.0f} min, {biggest.counts['queued'] / total:,.0f} contacts/s, at this machine's load.")
 
+
+NOTES_MARKER = "<!-- findings: kept when python -m benchmarks rewrites the tables above -->"
 
 TITLES = {"planning": "1. Planning", "upload": "2. Upload overhead (no rate limit)",
           "ceiling": "3. Ceiling (Omnisend's limits scaled down in time)", "incremental": "4. Incremental (1% churn)"}
@@ -190,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     for key, text in t.items():
         print(f"\n{TITLES[key]}\n\n{text}")
     if args.out != "-":
-        Path(args.out).write_text(markdown(res, t))
+        out = Path(args.out)
+        kept = ""
+        if out.exists() and NOTES_MARKER in out.read_text():  # hand-written findings survive a regeneration
+            kept = "\n" + NOTES_MARKER + out.read_text().split(NOTES_MARKER, 1)[1]
+        out.write_text(markdown(res, t) + kept)
         print(f"\nwritten to {args.out}")
     if args.json:
         Path(args.json).write_text(to_json(res))

@@ -183,7 +183,8 @@ def window_stats(samples: list[Sample], which: str, window: float) -> dict:
         "busy_seconds": span,
         "requests": total,
         "windows": len(per_window),
-        "mean": sum(per_window) / len(per_window) if per_window else total * window / max(span, 1e-9),
+        # a busy part shorter than a window: all its requests fell in one window
+        "mean": sum(per_window) / len(per_window) if per_window else float(total),
         "min": min(per_window) if per_window else None,
         "max": max(per_window) if per_window else None,
         "average": total * window / max(span, 1e-9),
