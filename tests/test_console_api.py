@@ -21,16 +21,6 @@ HEADER_COLUMNS = ("Id", "Email", "Given", "Family")
 
 
 @pytest.fixture(scope="module")
-def module_sandbox():
-    from devtools.omnisend_sandbox import SandboxServer
-
-    server = SandboxServer(api_keys={TEST_API_KEY: TEST_BRAND}, batch_delay_seconds=0.02)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def svc(azurite_storage, module_sandbox):
     services = build_services(load_settings({
         "AzureWebJobsStorage": DEV_STORAGE, "EXPORTER_DEV_MODE": "1", "OMNISEND_API_URL": module_sandbox.url,
