@@ -10,13 +10,13 @@ not recorded, so the next run sends it again.
 from __future__ import annotations
 
 import json
-import logging
 
 from .domain import BatchStatus, Run, Tally
+from .logs import get_logger
 from .membership import StateHeader, Upserts, member_key, merge
 from .services import Services
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 TAG_BATCH = 250  # emails per POST /contacts/tags
 

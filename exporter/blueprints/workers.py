@@ -7,6 +7,7 @@ import json
 import azure.functions as func
 
 from .. import config, finalizer, planner, uploader
+from ..logs import log_context
 from ..services import get_services
 
 bp = func.Blueprint()
@@ -16,7 +17,8 @@ bp = func.Blueprint()
 def plan_run(msg: func.QueueMessage) -> None:
     body = json.loads(msg.get_body())
     if body.get("type") == "tags":  # a run's contacts are counted: plan its membership tags
-        finalizer.plan_tags(get_services(), body["runId"])
+        with log_context(run_id=body["runId"]):
+            finalizer.plan_tags(get_services(), body["runId"])
     else:
         planner.plan_run(get_services(), body["runId"], redelivered=(msg.dequeue_count or 1) > 1)
 
