@@ -65,7 +65,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.smoke:
         args.rows = min(args.rows, 20_000)
         args.upload_rows = min(args.upload_rows, 2_000)
-        args.ceiling = args.ceiling or ["400/60/6:2000"]
+        args.ceiling = args.ceiling or ["400/60/3:2000"]  # a short window: the re-run waits one out
     args.ceiling = [_limits(c) for c in (args.ceiling or DEFAULT_CEILINGS)]
     return args
 

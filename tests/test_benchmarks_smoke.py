@@ -46,7 +46,7 @@ def test_the_benchmarks_run_end_to_end_and_their_counts_add_up(azurite_storage, 
         assert full.contacts_per_s > 0 and full.wall > full.planning > 0
         assert full.cpu["app"] > 0 and full.cpu["sandbox"] > 0 and full.cpu["machine_busy"] > 0
         assert full.samples and full.windows("contacts")["requests"] > 0
-    assert res.ceiling[0][0].limits.window_seconds == 6
+    assert res.ceiling[0][0].limits.window_seconds == 3
     assert res.ceiling[0][0].requests["rateLimited"] <= res.ceiling[0][0].requests["requests"]
 
     text = markdown(res, tables(res))
