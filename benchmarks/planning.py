@@ -104,9 +104,7 @@ def write_state_of_refresh(svc: Services, export: Export) -> int:
     refresh = segments.find_latest_refresh(container, export.source.folder, export.source.segment)
     schema = segments.load_schema(container, export.source.folder, export.source.segment, refresh)
     mapper = ContactMapper(schema.columns, export.mapping, ContactOptions())
-    import json as _json
-
-    dumps = _json.JSONEncoder(separators=(",", ":")).encode
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
     seen: set[int] = set()
     upserts = Upserts()
     for _, _, fields, error in segments.read_rows(container, refresh, schema):

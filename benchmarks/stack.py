@@ -3,7 +3,6 @@ CPU accounting of each from /proc (no psutil)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -206,6 +205,3 @@ def start_app(env: dict, workers: int, tag: str) -> Proc:
     _wait_http(f"http://127.0.0.1:{port}/api/health", popen, 60, "the app", log)
     return proc
 
-
-def read_json_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -264,6 +264,11 @@ def scenario(limits: Limits, rows: int, incremental: bool, log=print, timeout: f
                 time.sleep(limits.window_seconds + 1)
             results.append(measure_run(api, export["id"], app, sandbox, rows, limits, "after 1% churn", timeout))
             log(f"  after 1% churn: {_line(results[-1])}")
+        for path in (f"exports/{export['id']}", f"connections/{conn['id']}"):  # leave no enabled export behind
+            try:
+                api.request("DELETE", path, expect=(200, 204, 404))
+            except (SystemExit, Exception) as e:  # noqa: BLE001 - cleanup must not lose the measurements
+                log(f"  (cleanup: {e})")
         return results
     finally:
         if app is not None:

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 def test_the_benchmarks_run_end_to_end_and_their_counts_add_up(azurite_storage, tmp_path):
     from benchmarks.__main__ import markdown, parse, run, tables
+    from benchmarks.planning import services
+    from conftest import clear_app_state
 
-    out = tmp_path / "benchmarks.md"
-    args = parse(["--smoke", "--out", str(out)])
-    res = run(args, "python -m benchmarks --smoke", log=lambda *a: None)
+    storage = services().storage
+    clear_app_state(storage)  # the app's tables and queues have fixed names: start from what other tests left
+    try:
+        args = parse(["--smoke", "--out", str(tmp_path / "benchmarks.md")])
+        res = run(args, "python -m benchmarks --smoke", log=lambda *a: None)
+    finally:
+        clear_app_state(storage)
 
     # 1. planning: a first run and a re-run after 1% churn, each in its own process
     first, again = res.planning
@@ -40,7 +46,7 @@ def test_the_benchmarks_run_end_to_end_and_their_counts_add_up(azurite_storage, 
         assert full.contacts_per_s > 0 and full.wall > full.planning > 0
         assert full.cpu["app"] > 0 and full.cpu["sandbox"] > 0 and full.cpu["machine_busy"] > 0
         assert full.samples and full.windows("contacts")["requests"] > 0
-    assert res.ceiling[0][0].limits.window_seconds == 6
+    assert res.ceiling[0][0].limits.window_seconds == 3
     assert res.ceiling[0][0].requests["rateLimited"] <= res.ceiling[0][0].requests["requests"]
 
     text = markdown(res, tables(res))
