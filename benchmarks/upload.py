@@ -26,16 +26,16 @@ from .stack import (API_KEY, Proc, app_env, azurite_pid, group_cpu_seconds, load
 
 def pacer_cap(limit: int, window_seconds: float) -> float:
     """Most requests per window the app's pacer lets through: it reserves ``Budget.allowed`` requests
-    (97% of the limit) per window made ``WINDOW_MARGIN`` longer."""
+    (97% of the limit) per window made a little longer (``Budget.window``)."""
     b = Budget(limit, window_seconds)
     return b.allowed * window_seconds / b.window
 
 
 TARGET_SHARE_NOTE = (
     f"The app's pacer (exporter/ratelimit.py) aims at {TARGET_SHARE:.0%} of the limit over the window plus "
-    f"{WINDOW_MARGIN}s, so it can reach at most the 'pacer's cap' share; with a 60 s window that is "
-    f"{100 * pacer_cap(400, 60) / 400:.1f}%, with a 6 s window {100 * pacer_cap(400, 6) / 400:.1f}% "
-    "(the margin does not shrink when the window is scaled down)."
+    f"a margin ({WINDOW_MARGIN}s for a 60 s window, scaled with shorter ones), so it can reach at most the "
+    f"'pacer's cap' share: {100 * pacer_cap(400, 60) / 400:.1f}% with a 60 s window, "
+    f"{100 * pacer_cap(400, 6) / 400:.1f}% with a 6 s window."
 )
 
 CONTACT_PATHS = ("POST /batches", "GET /batches/{batchID}", "GET /batches/{batchID}/items")

@@ -17,6 +17,7 @@ over Omnisend's count.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from array import array
 from bisect import bisect_right
@@ -33,7 +34,7 @@ from .omnisend import OmnisendRateLimited
 log = get_logger(__name__)
 
 TARGET_SHARE = 0.97  # of the limit
-WINDOW_MARGIN = 0.5  # seconds added to the window
+WINDOW_MARGIN = 0.5  # seconds added to a 60 s window; a shorter window (scaled-down tests) gets a share of it
 MAX_SLEEP_SECONDS = 5.0  # longer waits go back to the queue instead of holding a worker
 TAGS_PATH = "contacts/tags"
 PARTITION = "omnisend"
@@ -50,7 +51,7 @@ class Budget:
 
     @property
     def window(self) -> float:
-        return self.window_seconds + WINDOW_MARGIN
+        return self.window_seconds + WINDOW_MARGIN * min(1.0, self.window_seconds / 60)
 
 
 class RateLimiter:
@@ -61,6 +62,9 @@ class RateLimiter:
         self.tags = tags
         self.clock = clock
         self.sleep = sleep
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._known: dict[str, tuple[dict, str]] = {}  # key -> (entity, ETag) this process last wrote
 
     def pacer(self, connection_id: str) -> Callable[[str], None]:
         """The hook an OmnisendClient calls before each request of this connection."""
@@ -75,9 +79,20 @@ class RateLimiter:
         return pace
 
     def reserve(self, key: str, budget: Budget) -> float:
-        """Reserve the next slot; returns how long to wait for it, or raises when that is too long."""
+        """Reserve the next slot; returns how long to wait for it, or raises when that is too long.
+
+        Threads of one process take turns per key and remember the entity they last wrote, so a
+        reservation is usually one conditional write; another instance's write shows as a 412, after
+        which the entity is read again.
+        """
+        with self._locks_guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            return self._reserve(key, budget)
+
+    def _reserve(self, key: str, budget: Budget) -> float:
         for attempt in range(200):
-            entity, etag = self._get(key)
+            entity, etag = self._known.pop(key, None) or self._get(key)
             now = self.clock()
             times = array("d")
             times.frombytes(entity.get("Times") or b"")
@@ -97,10 +112,12 @@ class RateLimiter:
             updated = {"PartitionKey": PARTITION, "RowKey": key, "Times": times[-budget.allowed:].tobytes()}
             try:
                 if etag is None:
-                    self.table.create_entity(updated)
+                    written = self.table.create_entity(updated)
                 else:
-                    self.table.update_entity(updated, mode=UpdateMode.REPLACE, etag=etag,
-                                             match_condition=MatchConditions.IfNotModified)
+                    written = self.table.update_entity(updated, mode=UpdateMode.REPLACE, etag=etag,
+                                                       match_condition=MatchConditions.IfNotModified)
+                if written and written.get("etag"):
+                    self._known[key] = (updated, written["etag"])
                 return max(0.0, wait)
             except ResourceExistsError:
                 continue
