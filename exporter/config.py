@@ -23,7 +23,7 @@ TABLE_EXPORTS = "exports"
 TABLE_RUNS = "runs"
 TABLE_BATCHES = "batches"
 TABLE_RATE_LIMITS = "ratelimits"  # the shared request budget of each Omnisend connection
-CONTAINER_RUN_ARTIFACTS = "exporter-runs"  # per-run reject reports
+CONTAINER_RUN_ARTIFACTS = "exporter-runs"  # per-run reject reports and batch spools; membership states
 
 # Environment variables (app settings), with their defaults.
 SETTING_NAMES = (

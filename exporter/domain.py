@@ -414,6 +414,28 @@ class Tally:
                 self.failed += n
                 self.failed_by_reason[reason] = self.failed_by_reason.get(reason, 0) + n
 
+    # counters that shards of a tally add up; the rest (planned, untags_planned, tags_planned) is the head's
+    COUNTERS = ("sent", "batches_sent", "confirmed", "failed", "batches_done", "untags_done", "tags_done",
+                "tagged", "untagged", "tag_failures")
+
+    def plus(self, other: "Tally") -> "Tally":
+        """This tally (the head, with the planned counts) with another shard's counters added."""
+        total = Tally(planned=self.planned, untags_planned=self.untags_planned, tags_planned=self.tags_planned,
+                      failed_by_reason=dict(self.failed_by_reason), updated_at=self.updated_at)
+        for name in self.COUNTERS:
+            setattr(total, name, getattr(self, name) + getattr(other, name))
+        for reason, n in other.failed_by_reason.items():
+            total.failed_by_reason[reason] = total.failed_by_reason.get(reason, 0) + n
+        total.failed_by_reason = {k: v for k, v in total.failed_by_reason.items() if v}
+        if other.updated_at and (total.updated_at is None or other.updated_at > total.updated_at):
+            total.updated_at = other.updated_at
+        return total
+
+    def batches_left(self) -> int:
+        """Contact, untag and tag batches not counted yet (planned ones only)."""
+        left = max(0, self.planned - self.batches_done) + max(0, self.untags_planned - self.untags_done)
+        return left + max(0, self.tags_planned - self.tags_done)
+
     def apply_to(self, counts: "RunCounts") -> None:
         counts.sent, counts.batches_sent = self.sent, self.batches_sent
         counts.confirmed, counts.failed = self.confirmed, self.failed

@@ -46,6 +46,10 @@ MAX_BATCH_CONTACTS = 100  # Omnisend's limit per POST /batches
 # A queue message is at most 64 KiB after base64 (4/3): keep the JSON text well below 48 KiB.
 MAX_MESSAGE_CHARS = 46_000
 ENQUEUE_THREADS = 8
+DIRECT_ENQUEUE_LINES = 50  # up to this many messages go straight onto the queue, without a spool blob
+DISPATCH_LINES = 50  # messages a dispatch message fans out
+SPOOL_UPLOAD_THREADS = 4
+SPOOL_BLOCK_BYTES = 8 << 20
 
 
 @dataclass
@@ -293,8 +297,7 @@ def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper,
                             f"Connection {connection.display_name!r} was removed while the run was planned; "
                             "nothing was sent.")
         # Enqueue only now that the whole refresh was read cleanly.
-        spool.seek(0)
-        _enqueue(svc, spool)
+        _enqueue(svc, run, spool, counts.batches + untags)
     run = _record_planning(svc, run.id, counts, refresh, untags)
     log.info(
         "planned: %d read, %d rejected, %d duplicates, %d unchanged, %d contacts in %d batches, %d left the segment",
@@ -334,19 +337,79 @@ class EnqueueError(RuntimeError):
     """Enqueueing stopped part way; planning the run again is safe (batch numbers are stable)."""
 
 
-def _enqueue(svc: Services, spool) -> None:
-    """Send the spooled messages with a few threads, holding only a small window of them in memory."""
-    in_flight: deque = deque()
+def _enqueue(svc: Services, run: Run, spool, lines: int) -> None:
+    """Hand the spooled messages to the uploaders.
+
+    A small run's messages go straight onto the batch queue. A large run's spool is uploaded as one
+    blob and only a "dispatch" message per DISPATCH_LINES of it is enqueued; uploaders fan those out
+    while others already send. One queue message per Omnisend batch up front would cost the planner
+    more than reading the segment (about 75 messages a second to Azurite from one process), and
+    Omnisend takes at most ~3 batches a second anyway.
+    """
     try:
-        with ThreadPoolExecutor(ENQUEUE_THREADS, thread_name_prefix="enqueue") as pool:
-            for line in spool:
-                in_flight.append(pool.submit(svc.storage.send_batch_message, line.rstrip("\n")))
-                if len(in_flight) >= 2 * ENQUEUE_THREADS:
-                    in_flight.popleft().result()
-            while in_flight:
-                in_flight.popleft().result()
+        spool.seek(0)
+        if lines <= DIRECT_ENQUEUE_LINES:
+            _send_all(svc, (line.rstrip("\n") for line in spool))
+        else:
+            _send_all(svc, (json.dumps(d, separators=(",", ":")) for d in _upload_spool(svc, run, spool)))
     except Exception as e:
         raise EnqueueError(f"enqueueing batches failed: {type(e).__name__}") from e
+
+
+def _send_all(svc: Services, messages) -> None:
+    """Send messages with a few threads, holding only a small window of them in memory."""
+    in_flight: deque = deque()
+    with ThreadPoolExecutor(ENQUEUE_THREADS, thread_name_prefix="enqueue") as pool:
+        for text in messages:
+            in_flight.append(pool.submit(svc.storage.send_batch_message, text))
+            if len(in_flight) >= 2 * ENQUEUE_THREADS:
+                in_flight.popleft().result()
+        while in_flight:
+            in_flight.popleft().result()
+
+
+def _upload_spool(svc: Services, run: Run, spool) -> list[dict]:
+    """Upload the spool as the run's spool blob (blocks staged in parallel); return its dispatch messages."""
+    blob = svc.storage.spool_blob(run.id)
+    head = {"type": "dispatch", "runId": run.id, "exportId": run.export_id, "connectionId": run.connection_id}
+    dispatches: list[dict] = []
+    block_ids: list[str] = []
+    staged: deque = deque()
+    buf = bytearray()
+    offset = group_start = group_lines = 0
+
+    def stage(pool) -> None:
+        block_id = f"{len(block_ids):08d}"
+        block_ids.append(block_id)
+        staged.append(pool.submit(blob.stage_block, block_id, bytes(buf)))
+        buf.clear()
+        while len(staged) > SPOOL_UPLOAD_THREADS:
+            staged.popleft().result()
+
+    def close_group() -> None:
+        nonlocal group_start, group_lines
+        dispatches.append({**head, "first": len(dispatches) * DISPATCH_LINES + 1, "lines": group_lines,
+                           "start": group_start, "end": offset})
+        group_start, group_lines = offset, 0
+
+    with ThreadPoolExecutor(SPOOL_UPLOAD_THREADS, thread_name_prefix="spool") as pool:
+        for line in spool:
+            data = line.encode("utf-8")
+            buf += data
+            offset += len(data)
+            group_lines += 1
+            if group_lines == DISPATCH_LINES:
+                close_group()
+            if len(buf) >= SPOOL_BLOCK_BYTES:
+                stage(pool)
+        if group_lines:
+            close_group()
+        if buf:
+            stage(pool)
+        while staged:
+            staged.popleft().result()
+    blob.commit_block_list(block_ids)
+    return dispatches
 
 
 def _record_planning(svc: Services, run_id: str, counts: RunCounts, refresh, untags: int = 0) -> Run:

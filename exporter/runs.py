@@ -159,6 +159,10 @@ def settle(svc: Services, run_id: str, tally: Tally) -> Run | None:
 
     run = svc.storage.update_run(run_id, mutate)
     log.info("run ended %s", run.status.value, extra={"run_id": run.id, "export_id": run.export_id})
+    try:
+        svc.storage.delete_spool(run_id)  # every batch is recorded: the plan's copy of the contacts goes
+    except Exception:  # noqa: BLE001 - the run has ended either way; the blob is only left over
+        log.warning("the run's batch spool could not be deleted", exc_info=True, extra={"run_id": run_id})
     return run
 
 

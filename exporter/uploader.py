@@ -80,6 +80,8 @@ def _handle(svc: Services, msg: dict, ctx: dict, dequeue_count: int) -> None:
             _check(svc, msg, ctx)
         elif msg.get("type") in ("tags", "untags"):
             _tags(svc, msg, ctx)
+        elif msg.get("type") == "dispatch":
+            _dispatch(svc, msg)
         else:
             log.error("unknown batch message type %r dropped", msg.get("type"), extra=ctx)
     except Exception as e:  # noqa: BLE001 - the last delivery must account for the batch, not vanish
@@ -92,6 +94,8 @@ def _handle(svc: Services, msg: dict, ctx: dict, dequeue_count: int) -> None:
 def _give_up_any(svc: Services, msg: dict, reason: str, detail: str) -> None:
     if msg.get("type") in ("tags", "untags"):
         _tags_failed(svc, msg, detail)
+    elif msg.get("type") == "dispatch":
+        _dispatch_failed(svc, msg, reason, detail)
     else:
         _give_up(svc, msg, reason, detail)
 
@@ -100,11 +104,11 @@ def handle_poison_message(svc: Services, text: str) -> None:
     """A batch message the host gave up on (it failed on every delivery): account for its batch."""
     try:
         msg = json.loads(text)
-        msg["runId"], msg["batch"]
+        msg["runId"], msg["first"] if msg.get("type") == "dispatch" else msg["batch"]
     except (ValueError, KeyError, TypeError):
         log.error("unreadable message in the poison queue dropped (%d characters)", len(text))
         return
-    with log_context(run_id=msg["runId"], export_id=msg.get("exportId"), batch=msg["batch"]):
+    with log_context(run_id=msg["runId"], export_id=msg.get("exportId"), batch=msg.get("batch")):
         _give_up_any(svc, msg, REASON_INTERNAL, "the message failed on every delivery and reached the poison queue")
 
 
@@ -117,6 +121,32 @@ def _commit(svc: Services, batch: Batch, etag: str | None, mutate) -> bool:
         return False
     settle(svc, batch.run_id, tally)
     return True
+
+
+# --- dispatch -----------------------------------------------------------------------------------
+
+
+def _dispatch(svc: Services, msg: dict) -> None:
+    """Fan out a stretch of the run's spool blob: one batch message per line.
+
+    Delivered twice, it enqueues the same batches twice; the send step recognises a batch already
+    recorded, so nothing is sent or counted twice.
+    """
+    for line in svc.storage.read_spool(msg["runId"], msg["start"], msg["end"]):
+        svc.storage.send_batch_message(line)
+
+
+def _dispatch_failed(svc: Services, msg: dict, reason: str, detail: str) -> None:
+    """A stretch of batches that could not be fanned out: account for each of them as not sent."""
+    try:
+        lines = svc.storage.read_spool(msg["runId"], msg["start"], msg["end"])
+    except Exception as e:  # noqa: BLE001 - without its spool the stretch cannot be counted: say so on the run
+        fail_run(svc, msg["runId"], f"Batches {msg['first']} to {msg['first'] + msg['lines'] - 1} of the run's plan "
+                                    f"could not be read back ({type(e).__name__}); they were not sent, and the "
+                                    "run's counts cannot add up.")
+        return
+    for line in lines:
+        _give_up_any(svc, json.loads(line), reason, detail)
 
 
 # --- send ---------------------------------------------------------------------------------------
@@ -133,12 +163,12 @@ def _send(svc: Services, msg: dict, ctx: dict) -> None:
         if batch.status is not BatchStatus.QUEUED:  # QUEUED: put back for a retry; anything else: done
             log.info("batch already %s; redelivery ignored", batch.status.value, extra=ctx)
             return
-    run = svc.storage.get_run(run_id)
-    if run is None:
+    status = svc.storage.get_run_status(run_id, msg.get("exportId"))
+    if status is None:
         log.warning("run no longer exists; batch dropped", extra=ctx)
         return
-    if run.status.is_final:
-        _give_up(svc, msg, REASON_NOT_SENT_RUN_ENDED, f"the run was {run.status.value} before this batch was sent")
+    if status.is_final:
+        _give_up(svc, msg, REASON_NOT_SENT_RUN_ENDED, f"the run was {status.value} before this batch was sent")
         return
     connection = svc.storage.get_connection(msg["connectionId"])
     if connection is None:
@@ -328,11 +358,11 @@ def _tags(svc: Services, msg: dict, ctx: dict) -> None:
     found = svc.storage.get_batch(msg["runId"], msg["batch"], kind)
     if found is not None and found[0].status.is_final:
         return
-    run = svc.storage.get_run(msg["runId"])
-    if run is None:
+    status = svc.storage.get_run_status(msg["runId"], msg.get("exportId"))
+    if status is None:
         return
-    if run.status.is_final:
-        _tags_failed(svc, msg, f"not sent: the run was {run.status.value}")
+    if status.is_final:
+        _tags_failed(svc, msg, f"not sent: the run was {status.value}")
         return
     connection = svc.storage.get_connection(msg["connectionId"])
     if connection is None:

@@ -1,0 +1,102 @@
+"""Large runs: the planner uploads its spool once and uploaders fan it out through dispatch messages."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from azure.core.exceptions import ResourceNotFoundError
+
+from apphelpers import start_run, wait_for_run
+from conftest import TEST_BRAND
+from exporter import config, planner, uploader
+from test_uploader import as_message, plan_handler, receive, report_rows, segment, setup_export, upload_handler
+
+
+@pytest.fixture
+def small_dispatch(monkeypatch):
+    """Dispatch from 5 messages on, 5 lines a dispatch message: a few hundred rows take the large-run path."""
+    monkeypatch.setattr(planner, "DIRECT_ENQUEUE_LINES", 5)
+    monkeypatch.setattr(planner, "DISPATCH_LINES", 5)
+
+
+def drain(services, handle) -> list[dict]:
+    """Handle batch-queue messages until none is left (delayed checks included); returns their bodies."""
+    seen = []
+    while (m := receive(services.storage, config.QUEUE_BATCHES, wait=3)) is not None:
+        seen.append(json.loads(m.content))
+        handle(m)
+    return seen
+
+
+def spool_exists(services, run_id) -> bool:
+    try:
+        services.storage.spool_blob(run_id).get_blob_properties()
+        return True
+    except ResourceNotFoundError:
+        return False
+
+
+def test_a_large_plan_is_enqueued_as_dispatch_messages_that_fan_out_every_batch_once(
+        small_dispatch, services, sandbox, segment_container):
+    segment(segment_container, 1_150)  # 12 batches: dispatch messages of 5, 5 and 2
+    run_id = start_run(setup_export(segment_container)["id"])["runId"]
+    plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))
+
+    queued = services.storage.queue_client(config.QUEUE_BATCHES)
+    dispatches = [json.loads(m.content) for m in queued.peek_messages(max_messages=32)]
+    assert [(d["type"], d["first"], d["lines"]) for d in dispatches] == [
+        ("dispatch", 1, 5), ("dispatch", 6, 5), ("dispatch", 11, 2)]
+    assert spool_exists(services, run_id)
+    lines = services.storage.read_spool(run_id, 0, dispatches[-1]["end"])
+    assert [json.loads(line)["batch"] for line in lines] == list(range(1, 13))
+
+    def every_message_twice(m):  # at-least-once delivery: each one comes again
+        upload_handler(as_message(m))
+        upload_handler(as_message(m, dequeue_count=2))
+
+    bodies = drain(services, every_message_twice)
+    sends = Counter(b["batch"] for b in bodies if b["type"] == "send")
+    assert sorted(sends) == list(range(1, 13)) and set(sends.values()) == {2}  # fanned out twice each...
+    assert sandbox.stats(TEST_BRAND)["batchesCreated"] == 12  # ...but sent once each
+
+    plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))  # plan the membership tags
+    drain(services, every_message_twice)
+    run = wait_for_run(run_id, timeout=10)
+    c = run["counts"]
+    assert run["status"] == "succeeded" and c["confirmed"] == 1_150 == c["read"] and c["batchesDone"] == 12
+    assert len(sandbox.contacts(TEST_BRAND)) == 1_150
+    assert not spool_exists(services, run_id)  # the plan's copy of the contacts goes when the run ends
+
+
+def test_a_dispatch_message_that_fails_on_every_delivery_accounts_for_its_batches(
+        small_dispatch, services, sandbox, segment_container):
+    segment(segment_container, 700)  # 7 batches: dispatch messages of 5 and 2
+    run_id = start_run(setup_export(segment_container)["id"])["runId"]
+    plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))
+    first = receive(services.storage, config.QUEUE_BATCHES)
+    assert json.loads(first.content)["lines"] == 5
+    uploader.handle_poison_message(services, first.content)  # the host gave up on it
+
+    drain(services, lambda m: upload_handler(as_message(m)))
+    plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))  # plan the membership tags
+    drain(services, lambda m: upload_handler(as_message(m)))
+    run = wait_for_run(run_id, timeout=10)
+    c = run["counts"]
+    assert run["status"] == "partiallySucceeded"
+    assert c["confirmed"] == 200 and c["failed"] == 500
+    assert c["failedByReason"] == {uploader.REASON_INTERNAL: 500}
+    assert c["read"] == c["rejected"] + c["duplicates"] + c["confirmed"] + c["failed"] + c["skipped"]
+    failed = [r for r in report_rows(run_id) if r["reason"] == uploader.REASON_INTERNAL]
+    assert len(failed) == 500 and all(r["email"] and r["row"] for r in failed)
+    assert len(sandbox.contacts(TEST_BRAND)) == 200
+
+
+def test_small_plans_go_straight_onto_the_queue(services, sandbox, segment_container):
+    segment(segment_container, 250)  # 3 batches: no spool blob, no dispatch
+    run_id = start_run(setup_export(segment_container)["id"])["runId"]
+    plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))
+    queued = services.storage.queue_client(config.QUEUE_BATCHES).peek_messages(max_messages=32)
+    assert [json.loads(m.content)["type"] for m in queued] == ["send"] * 3
+    assert not spool_exists(services, run_id)
