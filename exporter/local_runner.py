@@ -14,6 +14,7 @@ import json
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,11 +47,13 @@ class QueueRules:
     max_dequeue_count: int = 5
     visibility_timeout: float = 0.0  # delay before a failed message is retried
     max_polling_interval: float = 60.0
+    batch_size: int = 16  # messages fetched per receive
 
     @classmethod
     def from_host_json(cls, path: Path = ROOT / "host.json") -> "QueueRules":
         queues = json.loads(path.read_text()).get("extensions", {}).get("queues", {})
         return cls(
+            batch_size=int(queues.get("batchSize", 16)),
             max_dequeue_count=int(queues.get("maxDequeueCount", 5)),
             visibility_timeout=_timespan_seconds(queues.get("visibilityTimeout", "00:00:00")),
             max_polling_interval=_timespan_seconds(queues.get("maxPollingInterval", "00:01:00")),
@@ -181,24 +184,46 @@ def make_http_server(index: FunctionIndex, host: str, port: int) -> ThreadingHTT
 # --- queues -------------------------------------------------------------------------------------
 
 
+class Prefetch:
+    """Messages received for a queue's workers but not taken yet: like the host, a worker fetches a
+    batch (up to ``batchSize``, one per worker) in one request, and the others take from it."""
+
+    def __init__(self, size: int):
+        self.size = max(1, size)
+        self.items: deque = deque()
+        self.lock = threading.Lock()
+
+
 class QueuePump:
     """Receives messages and calls the queue function; failures are retried, then poisoned."""
 
     def __init__(self, storage: Storage, queue_name: str, handler: Callable, rules: QueueRules,
-                 lease_seconds: int = 600):
+                 lease_seconds: int = 600, prefetch: Prefetch | None = None):
         self.lease_seconds = lease_seconds  # how long a message stays invisible while a worker handles it
         self.queue = storage.queue_client(queue_name)
         self.poison = storage.queue_client(queue_name + config.POISON_SUFFIX)
         self.handler = handler
         self.rules = rules
         self.name = queue_name
+        self.prefetch = prefetch or Prefetch(1)
+
+    def _take(self):
+        with self.prefetch.lock:
+            if self.prefetch.items:
+                return self.prefetch.items.popleft()
+        page = self.queue.receive_messages(messages_per_page=self.prefetch.size,
+                                           visibility_timeout=self.lease_seconds).by_page()
+        received = list(next(page, []))
+        if not received:
+            return None
+        with self.prefetch.lock:
+            self.prefetch.items.extend(received[1:])
+        return received[0]
 
     def handle_one(self) -> bool:
         """Receive and handle one message; False when the queue had nothing visible."""
-        page = self.queue.receive_messages(messages_per_page=1, visibility_timeout=self.lease_seconds).by_page()
-        try:
-            m = next(next(page))
-        except StopIteration:
+        m = self._take()
+        if m is None:
             return False
         msg = QueueMessage(id=m.id, body=m.content.encode("utf-8"), dequeue_count=m.dequeue_count,
                            pop_receipt=m.pop_receipt)
@@ -304,8 +329,10 @@ class LocalHost:
         idle = idle_sleep if idle_sleep is not None else self.rules.max_polling_interval
         workers = {config.QUEUE_RUNS: run_workers, config.QUEUE_BATCHES: batch_workers}
         for queue_name, handler in self.index.queues.items():
-            for i in range(workers.get(queue_name, 1)):
-                pump = QueuePump(storage, queue_name, handler, self.rules, lease_seconds)
+            count = workers.get(queue_name, 1)
+            prefetch = Prefetch(min(count, self.rules.batch_size))
+            for i in range(count):
+                pump = QueuePump(storage, queue_name, handler, self.rules, lease_seconds, prefetch)
                 self.threads.append(threading.Thread(target=pump.work, args=(self.stop_event, idle),
                                                      name=f"{queue_name}-{i}", daemon=True))
         if timer:

@@ -134,6 +134,8 @@ def settle(svc: Services, run_id: str, tally: Tally) -> Run | None:
             run.status = RunStatus.VERIFYING
 
         return svc.storage.update_run(run_id, verifying)
+    if tally.tags_planned == -2 or (tally.tags_planned >= 0 and not tally.tags_complete):
+        return None  # tags being planned or sent: the last of them to be counted moves the run on
     run = svc.storage.get_run(run_id)
     if run is None or (run.status.is_final and run.counts_final):
         return run

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
@@ -28,6 +29,21 @@ class Services:
     limiter: RateLimiter | None = None  # None: requests are not paced (Omnisend's 429s still are handled)
     clock: Callable[[], datetime] = utcnow
     _clients: threading.local = field(default_factory=threading.local, repr=False)
+    _connections: dict = field(default_factory=dict, repr=False)  # id -> (connection, read at)
+
+    def connection(self, connection_id: str, max_age: float = 0.0) -> Connection | None:
+        """The connection, read at most ``max_age`` seconds ago by this process. Only reading results
+        may use an older read: sending must see a removal at once."""
+        now = time.monotonic()
+        hit = self._connections.get(connection_id)
+        if hit is not None and now - hit[1] <= max_age:
+            return hit[0]
+        found = self.storage.get_connection(connection_id)
+        if found is not None:
+            self._connections[connection_id] = (found, now)
+        else:
+            self._connections.pop(connection_id, None)
+        return found
 
     def omnisend(self, connection: Connection) -> OmnisendClient:
         """A client for the connection's key; one per thread and key, so sessions are reused."""

@@ -34,6 +34,7 @@ log = get_logger(__name__)
 MAX_SEND_ATTEMPTS = 6  # transient failures (5xx, timeouts, resets) before a batch is given up
 MAX_CHECK_POLLS = 200  # follow-ups before a batch's outcome is declared unknown
 MAX_DEQUEUE_COUNT = 5  # host.json maxDequeueCount: the last delivery before the poison queue
+CONNECTION_MAX_AGE_FOR_RESULTS = 30.0  # seconds a worker may reuse a connection it read, to read results only
 
 REASON_NOT_SENT_RUN_ENDED = "not sent: the run had ended"
 REASON_NOT_SENT_AUTH = "not sent: Omnisend rejected the API key"
@@ -259,7 +260,7 @@ def _check(svc: Services, msg: dict, ctx: dict) -> None:
     if batch.status is not BatchStatus.ACCEPTED or batch.omnisend_batch_id != msg["omnisendBatchId"]:
         return  # already counted, or sent again since (a retry schedules its own check)
     polls = msg.get("polls", 0) + 1
-    connection = svc.storage.get_connection(msg["connectionId"])
+    connection = svc.connection(msg["connectionId"], max_age=CONNECTION_MAX_AGE_FOR_RESULTS)
     if connection is None:  # Omnisend accepted the batch, but without the key its outcome cannot be read
         _fail_all(svc, batch, etag, REASON_OUTCOME_UNKNOWN_CONNECTION,
                   "the connection was removed before Omnisend's result could be read; the contacts may have landed")
