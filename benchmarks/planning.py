@@ -1,10 +1,11 @@
 """Benchmark 1, planning: read, map, validate, dedupe, diff and enqueue N rows, in a process of its own.
 
 For each size two runs are planned, each in a fresh ``benchmarks.plan_worker`` process:
-- ``first run``: no membership state; every valid member is spooled and enqueued (N/100 messages);
+- ``first run``: no membership state; every valid member is spooled and handed off (N/100 batches:
+  the spool uploaded as a blob, one dispatch message per 50 batches enqueued);
 - ``re-run``: the refresh after 1% churn, diffed against the membership state of the base refresh
   (N members); only the ~2% changed or new members are enqueued, and the ~1% leavers untagged.
-Enqueued messages are cleared afterwards (no uploader runs here).
+Enqueued messages and spool blobs are removed afterwards (no uploader runs here).
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ def bench_size(svc: Services, rows: int, profile_dir: str | None = None, log=pri
     prof = os.path.join(profile_dir, f"plan-first-{rows}.prof") if profile_dir else None
     r = _plan_in_subprocess(run.id, prof)
     _clear_queues(svc)
+    svc.storage.delete_spool(run.id)
     results.append(PlanResult(rows, "first run", r["wall"], r["enqueue"], r["state_load"], r["cpu"],
                               r["rss_before_mb"], r["peak_rss_mb"], r["counts"], r["status"], written.seconds, loadavg(), r["enqueue_cpu"]))
     log(f"  first run: {_line(results[-1])}")
@@ -149,6 +151,7 @@ def bench_size(svc: Services, rows: int, profile_dir: str | None = None, log=pri
     prof = os.path.join(profile_dir, f"plan-rerun-{rows}.prof") if profile_dir else None
     r = _plan_in_subprocess(run.id, prof)
     _clear_queues(svc)
+    svc.storage.delete_spool(run.id)
     results.append(PlanResult(rows, "re-run", r["wall"], r["enqueue"], r["state_load"], r["cpu"],
                               r["rss_before_mb"], r["peak_rss_mb"], r["counts"], r["status"], written.seconds, loadavg(), r["enqueue_cpu"]))
     log(f"  re-run:    {_line(results[-1])}")

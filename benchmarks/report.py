@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exporter.planner import UNTAG_BATCH
+from exporter.planner import DIRECT_ENQUEUE_LINES, DISPATCH_LINES, UNTAG_BATCH
 
 from .planning import PlanResult
 from .upload import TARGET_SHARE_NOTE, RunResult, pacer_cap
@@ -23,18 +23,19 @@ def planning_table(results: list[PlanResult]) -> str:
     rows = []
     for r in results:
         c = r.counts
-        messages = c["batches"] + -(-c["left"] // UNTAG_BATCH)  # contact batches and untag batches
+        batches = c["batches"] + -(-c["left"] // UNTAG_BATCH)  # contact batches and untag batches
+        messages = batches if batches <= DIRECT_ENQUEUE_LINES else -(-batches // DISPATCH_LINES)
         rows.append([
             _n(r.rows), r.kind, f"{r.wall:.1f}", _n(r.rows_per_s), f"{r.enqueue:.1f}", _n(r.rows_per_s_without_enqueue),
             _n(r.rows / (r.cpu - r.enqueue_cpu) if r.cpu > r.enqueue_cpu else 0),
-            f"{1000 * r.enqueue_cpu / max(messages, 1):.1f}", f"{r.peak_rss_mb:.0f}", f"{r.rss_before_mb:.0f}",
+            f"{1000 * r.enqueue_cpu / max(batches, 1):.1f}", f"{r.peak_rss_mb:.0f}", f"{r.rss_before_mb:.0f}",
             f"{c['rejected']:,}/{c['duplicates']:,}/{c['queued']:,}/{c['skipped']:,}/{c['left']:,}",
-            _n(messages), "yes" if r.balanced else "NO", r.loadavg,
+            _n(batches), _n(messages), "yes" if r.balanced else "NO", r.loadavg,
         ])
-    return table(["rows", "run", "wall s", "rows/s", "enqueue s", "rows/s without enqueue",
-                  "rows per CPU-s without enqueue", "client CPU ms per message",
-                  "peak RSS MB", "RSS at start MB", "rejected/dup/queued/skipped/left", "messages", "adds up",
-                  "load avg"], rows)
+    return table(["rows", "run", "wall s", "rows/s", "hand-off s", "rows/s without hand-off",
+                  "rows per CPU-s without hand-off", "hand-off CPU ms per batch",
+                  "peak RSS MB", "RSS at start MB", "rejected/dup/queued/skipped/left", "batches",
+                  "queue messages", "adds up", "load avg"], rows)
 
 
 def _share(part: float, whole: float) -> str:
