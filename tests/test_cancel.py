@@ -9,7 +9,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import call, create_connection, create_export, never_ended_with_open_counts, start_run, wait_for_run
+from apphelpers import (
+    call,
+    create_connection,
+    create_export,
+    never_ended_with_open_counts,
+    start_run,
+    wait_for_run,
+)
 from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import generate_profiles, write_segment_refresh
 from exporter import config
@@ -111,3 +118,33 @@ def test_a_run_cancelled_before_planning_sends_nothing(services, sandbox, export
     never_ended_with_open_counts(run_views)
     status, body = trigger(export["id"])
     assert status == 202 and body["runId"] != run_id  # the export can run again
+
+
+def test_a_cancelled_run_says_when_its_counts_are_final(services, sandbox, export, app_env):
+    sandbox.faults.latency_seconds = 0.15  # batches are still in flight when the run is cancelled
+    with LocalHost(services.storage, port=0, batch_workers=WORKERS, run_workers=1, timer=False, idle_sleep=0.2,
+                   env=app_env):
+        run_id = start_run(export["id"])["runId"]
+        deadline = time.monotonic() + 60
+        while created(sandbox) < 3 or call("run", "GET", "", route_params={"id": run_id})[1]["status"] != "uploading":
+            assert time.monotonic() < deadline, "the run did not start uploading"
+            time.sleep(0.05)
+        status, body = cancel(run_id)
+        assert status == 202 and body["status"] == "cancelled" and body["countsFinal"] is False
+        assert body["counts"]["batchesDone"] < body["counts"]["batches"]
+
+        views = []
+        deadline = time.monotonic() + 120
+        while not views or not views[-1]["countsFinal"]:
+            assert time.monotonic() < deadline, views[-1]
+            views.append(call("run", "GET", "", route_params={"id": run_id})[1])
+            time.sleep(0.1)
+        assert all(v["status"] == "cancelled" for v in views)
+        run = views[-1]
+        c = run["counts"]
+        assert c["batchesDone"] == c["batches"] == ROWS // 100
+        assert c["read"] == ROWS == c["rejected"] + c["duplicates"] + c["confirmed"] + c["failed"] + c["skipped"]
+        assert c["failedByReason"] == {NOT_SENT: c["failed"]} and c["failed"] > 0
+        time.sleep(2)  # final means final: nothing changes afterwards
+        assert call("run", "GET", "", route_params={"id": run_id})[1] == run
+
