@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 
@@ -84,6 +86,13 @@ def wait_for_run(run_id: str, timeout: float = 120) -> dict:
         if time.monotonic() > deadline:
             raise AssertionError(f"run {run_id} did not end in {timeout}s: {body}")
         time.sleep(0.3)
+
+
+def report_rows(run_id: str) -> list[dict]:
+    """GET /runs/{id}/rejects, parsed: one dict per CSV row (stage, partition, row, email, reason, detail)."""
+    status, _, res = call("run_rejects", "GET", "", route_params={"id": run_id})
+    assert status == 200
+    return list(csv.DictReader(io.StringIO(res.get_body().decode())))
 
 
 # --- callers, installed services and stored state (helpers for the access and validation tests) ---

@@ -14,12 +14,14 @@ from apphelpers import (
     create_connection,
     create_export,
     never_ended_with_open_counts,
+    report_rows,
     start_run,
+    wait_for_final,
     wait_for_run,
 )
 from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import generate_profiles, write_segment_refresh
-from exporter import config
+from exporter import config, segments
 from exporter.local_runner import LocalHost
 
 ROWS = 5000  # 50 batches: plenty left to cancel
@@ -148,3 +150,39 @@ def test_a_cancelled_run_says_when_its_counts_are_final(services, sandbox, expor
         time.sleep(2)  # final means final: nothing changes afterwards
         assert call("run", "GET", "", route_params={"id": run_id})[1] == run
 
+
+def test_a_run_cancelled_while_planning_lists_every_contact_as_not_sent(services, sandbox, export, app_env,
+                                                                        monkeypatch, run_views):
+    run_id = start_run(export["id"])["runId"]
+    read_rows = segments.read_rows
+
+    def cancelled_part_way(*args, **kwargs):  # the segment is being read when someone cancels the run
+        for n, row in enumerate(read_rows(*args, **kwargs), 1):
+            if n == ROWS // 3:
+                status, body = cancel(run_id)
+                assert status == 202 and body["status"] == "cancelled"
+            yield row
+
+    monkeypatch.setattr(segments, "read_rows", cancelled_part_way)
+    with LocalHost(services.storage, port=0, batch_workers=WORKERS, run_workers=1, timer=False, idle_sleep=0.2,
+                   env=app_env):
+        run = wait_for_final(run_id)
+        deadline = time.monotonic() + 30
+        while not run["countsFinal"]:
+            assert time.monotonic() < deadline, run
+            time.sleep(0.2)
+            run = call("run", "GET", "", route_params={"id": run_id})[1]
+        time.sleep(1)
+    c = run["counts"]
+    assert run["status"] == "cancelled" and run["error"].startswith("Cancelled by")
+    assert c["read"] == c["queued"] == c["failed"] == ROWS and c["batches"] == 0
+    assert c["failedByReason"] == {NOT_SENT: ROWS}
+    assert created(sandbox) == 0 and services.storage.queue_length(config.QUEUE_BATCHES) == 0
+    never_ended_with_open_counts(run_views)
+
+    not_sent = [r for r in report_rows(run_id) if r["reason"] == NOT_SENT]
+    assert len(not_sent) == c["failed"]
+    assert all(r["stage"] == "planning" and "cancelled" in r["detail"] for r in not_sent)
+    profiles = generate_profiles(ROWS, seed=13, invalid_share=0)
+    assert sorted(r["email"] for r in not_sent) == sorted(p["PrimaryEmail"].strip() for p in profiles)
+    assert len({(r["partition"], r["row"]) for r in not_sent}) == ROWS
