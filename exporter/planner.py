@@ -303,6 +303,8 @@ def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper,
         # Enqueue only now that the whole refresh was read cleanly.
         spool.seek(0)
         _enqueue(svc, spool)
+    if counts.read == 0:
+        _note_empty_refresh(svc, run.id, refresh, counts.left)
     run = _record_planning(svc, run.id, counts, refresh, untags)
     log.info(
         "planned: %d read, %d rejected, %d duplicates, %d unchanged, %d contacts in %d batches, %d left the segment",
@@ -417,6 +419,22 @@ def _abandon(svc: Services, run_id: str, counts: RunCounts, refresh, reason: str
 
     svc.storage.update_tally(run_id, nothing_sent)
     return run
+
+
+def _note_empty_refresh(svc: Services, run_id: str, refresh, left: int) -> None:
+    """A refresh without a single row is an empty segment: the run goes on (and can succeed), but
+    says so, since an empty export by mistake of the platform looks the same."""
+    untagged = f" and the {left} members of the last confirmed run lose the tag" if left else ""
+    note = (f"The refresh {refresh.folder} has no rows: the segment is empty, so nothing was sent{untagged}. "
+            "If the segment is not empty, the platform wrote an empty refresh; check its export.")
+
+    def mutate(run: Run):
+        if run.status.is_final:
+            return False
+        run.error = note
+
+    svc.storage.update_run(run_id, mutate)
+    log.warning("refresh %s has no rows; %d members left", refresh.folder, left)
 
 
 def _report_unsent(report: ReportWriter, spool, reason: str, detail: str) -> None:

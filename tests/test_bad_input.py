@@ -270,8 +270,28 @@ def test_an_empty_file_is_an_empty_segment(services, workers, sandbox, conn, seg
     run = run_export(export_of(conn, segment_container))
     c = run["counts"]
     assert run["status"] == "succeeded" and c["read"] == 0 and c["batches"] == 0
+    assert run["error"].startswith(f"The refresh {FOLDER}/{SEG}/{T}/ has no rows: the segment is empty")
+    assert "nothing was sent." in run["error"] and "lose the tag" not in run["error"]
     adds_up(run)
     nothing_sent(sandbox)
+
+
+def test_an_empty_refresh_after_members_untags_them_and_says_so(services, workers, sandbox, conn,
+                                                                segment_container):
+    model_json(segment_container)
+    earlier = (datetime.now(timezone.utc) - timedelta(minutes=15)).strftime("%Y/%m/%d/%H%M")
+    put(segment_container, part(time=earlier), rows(*people(1, 5)))
+    export = export_of(conn, segment_container)
+    first = run_export(export)
+    assert first["status"] == "succeeded" and first["counts"]["confirmed"] == 5 and first["error"] is None
+    assert all(SEG in contact["tags"] for contact in stored(sandbox).values())
+    put(segment_container, part(), b"")  # the next refresh: nobody is in the segment any more
+    run = run_export(export)
+    c = run["counts"]
+    assert run["status"] == "succeeded" and c["read"] == 0 and c["left"] == c["untagged"] == 5
+    assert "has no rows" in run["error"] and "the 5 members of the last confirmed run lose the tag" in run["error"]
+    adds_up(run)
+    assert all(SEG not in contact["tags"] for contact in stored(sandbox).values())
 
 
 def test_an_empty_file_where_a_header_row_is_expected(services, workers, sandbox, conn, segment_container):
