@@ -57,16 +57,26 @@ def created(sandbox) -> int:
     return sandbox.stats(TEST_BRAND)["batchesCreated"]
 
 
+def local_host(services, app_env) -> LocalHost:
+    return LocalHost(services.storage, port=0, batch_workers=WORKERS, run_workers=1, timer=False, idle_sleep=0.2,
+                     env=app_env)
+
+
+def start_uploading(export_id: str, sandbox, batches: int) -> str:
+    """Start a run and wait until Omnisend has received ``batches`` of its batches; the run's id."""
+    run_id = start_run(export_id)["runId"]
+    deadline = time.monotonic() + 60
+    while created(sandbox) < batches or call("run", "GET", "", route_params={"id": run_id})[1]["status"] != "uploading":
+        assert time.monotonic() < deadline, "the run did not start uploading"
+        time.sleep(0.05)
+    return run_id
+
+
 def test_cancel_during_uploading_stops_sending_and_accounts_for_every_row(services, sandbox, export, app_env,
                                                                            run_views):
     sandbox.faults.latency_seconds = 0.15  # each request takes a while: the run is cancelled half way
-    with LocalHost(services.storage, port=0, batch_workers=WORKERS, run_workers=1, timer=False, idle_sleep=0.2,
-                   env=app_env):
-        run_id = start_run(export["id"])["runId"]
-        deadline = time.monotonic() + 60
-        while created(sandbox) < 5 or call("run", "GET", "", route_params={"id": run_id})[1]["status"] != "uploading":
-            assert time.monotonic() < deadline, "the run did not start uploading"
-            time.sleep(0.05)
+    with local_host(services, app_env):
+        run_id = start_uploading(export["id"], sandbox, 5)
 
         status, body = trigger(export["id"])  # one run per export at a time
         assert status == 409 and body["activeRunId"] == run_id and run_id in body["detail"]
@@ -106,8 +116,7 @@ def test_a_run_cancelled_before_planning_sends_nothing(services, sandbox, export
     run_id = start_run(export["id"])["runId"]  # no workers yet: it waits in the queue
     status, body = cancel(run_id)
     assert status == 202 and body["status"] == "cancelled"
-    with LocalHost(services.storage, port=0, batch_workers=WORKERS, run_workers=1, timer=False, idle_sleep=0.2,
-                   env=app_env):
+    with local_host(services, app_env):
         deadline = time.monotonic() + 30
         while services.storage.queue_length(config.QUEUE_RUNS):  # the planner takes the message, and drops it
             assert time.monotonic() < deadline
@@ -124,13 +133,8 @@ def test_a_run_cancelled_before_planning_sends_nothing(services, sandbox, export
 
 def test_a_cancelled_run_says_when_its_counts_are_final(services, sandbox, export, app_env):
     sandbox.faults.latency_seconds = 0.15  # batches are still in flight when the run is cancelled
-    with LocalHost(services.storage, port=0, batch_workers=WORKERS, run_workers=1, timer=False, idle_sleep=0.2,
-                   env=app_env):
-        run_id = start_run(export["id"])["runId"]
-        deadline = time.monotonic() + 60
-        while created(sandbox) < 3 or call("run", "GET", "", route_params={"id": run_id})[1]["status"] != "uploading":
-            assert time.monotonic() < deadline, "the run did not start uploading"
-            time.sleep(0.05)
+    with local_host(services, app_env):
+        run_id = start_uploading(export["id"], sandbox, 3)
         status, body = cancel(run_id)
         assert status == 202 and body["status"] == "cancelled" and body["countsFinal"] is False
         assert body["counts"]["batchesDone"] < body["counts"]["batches"]
@@ -164,8 +168,7 @@ def test_a_run_cancelled_while_planning_lists_every_contact_as_not_sent(services
             yield row
 
     monkeypatch.setattr(segments, "read_rows", cancelled_part_way)
-    with LocalHost(services.storage, port=0, batch_workers=WORKERS, run_workers=1, timer=False, idle_sleep=0.2,
-                   env=app_env):
+    with local_host(services, app_env):
         run = wait_for_final(run_id)
         deadline = time.monotonic() + 30
         while not run["countsFinal"]:
