@@ -213,6 +213,42 @@ def _url_option(parser: argparse.ArgumentParser, default=DEFAULT_URL) -> None:
     parser.add_argument("--url", default=default, help=f"the exporter API (default {DEFAULT_URL})")
 
 
+def _connection_add_options(add: argparse.ArgumentParser) -> None:
+    add.add_argument("--name", required=True)
+    add.add_argument("--allow-contributors", action="store_true")
+    add.add_argument("--consent", action="store_true",
+                     help="acknowledge that profile data, including personal data, leaves the platform for Omnisend")
+    add.add_argument("--max-profiles", type=int)
+
+
+def _export_add_options(add: argparse.ArgumentParser) -> None:
+    add.add_argument("--name", required=True)
+    add.add_argument("--connection", required=True)
+    add.add_argument("--container", required=True)
+    add.add_argument("--folder", default="")
+    add.add_argument("--segment", required=True)
+    add.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", required=True, type=_field_column)
+    add.add_argument("--disabled", action="store_true")
+
+
+def _resource_command(sub, name: str, help: str, fn, add_options, id_actions: tuple[str, ...]) -> None:
+    """A command with the actions ``add`` (its options set by ``add_options``), ``list`` and each of
+    ``id_actions``, which take an ID. --url is accepted before or after the action (``connections
+    --url U list`` and ``connections list --url U``)."""
+    command = sub.add_parser(name, help=help)
+    _url_option(command)
+    actions = command.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add")
+    add_options(add)
+    parsers = [add, actions.add_parser("list")]
+    for action in id_actions:
+        parsers.append(actions.add_parser(action))
+        parsers[-1].add_argument("id")
+    for parser in parsers:
+        _url_option(parser, argparse.SUPPRESS)
+    command.set_defaults(fn=fn)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m exporter", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -224,41 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--no-timer", action="store_true", help="do not fire the schedule")
     s.set_defaults(fn=cmd_serve)
 
-    # --url is accepted before or after the action (``connections --url U list`` and ``connections list --url U``)
-    c = sub.add_parser("connections", help="manage Omnisend connections")
-    _url_option(c)
-    ca = c.add_subparsers(dest="action", required=True)
-    add = ca.add_parser("add")
-    add.add_argument("--name", required=True)
-    add.add_argument("--allow-contributors", action="store_true")
-    add.add_argument("--consent", action="store_true",
-                     help="acknowledge that profile data, including personal data, leaves the platform for Omnisend")
-    add.add_argument("--max-profiles", type=int)
-    ca.add_parser("list")
-    rm = ca.add_parser("remove")
-    rm.add_argument("id")
-    for action in (add, ca.choices["list"], rm):
-        _url_option(action, argparse.SUPPRESS)
-    c.set_defaults(fn=cmd_connections)
-
-    e = sub.add_parser("exports", help="manage exports")
-    _url_option(e)
-    ea = e.add_subparsers(dest="action", required=True)
-    add = ea.add_parser("add")
-    add.add_argument("--name", required=True)
-    add.add_argument("--connection", required=True)
-    add.add_argument("--container", required=True)
-    add.add_argument("--folder", default="")
-    add.add_argument("--segment", required=True)
-    add.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", required=True, type=_field_column)
-    add.add_argument("--disabled", action="store_true")
-    _url_option(add, argparse.SUPPRESS)
-    _url_option(ea.add_parser("list"), argparse.SUPPRESS)
-    for name in ("show", "remove"):
-        a = ea.add_parser(name)
-        a.add_argument("id")
-        _url_option(a, argparse.SUPPRESS)
-    e.set_defaults(fn=cmd_exports)
+    _resource_command(sub, "connections", "manage Omnisend connections", cmd_connections, _connection_add_options,
+                      ("remove",))
+    _resource_command(sub, "exports", "manage exports", cmd_exports, _export_add_options, ("show", "remove"))
 
     r = sub.add_parser("run", help="run an export now")
     _url_option(r)

@@ -330,6 +330,7 @@ class Run:
             "full": self.full,
             "status": self.status.value,
             "counts": self.counts.to_api(),
+            "countsFinal": self.counts_final,  # every batch is accounted for: the counts no longer change
             "createdAt": iso(self.created_at),
             "startedAt": iso(self.started_at),
             "finishedAt": iso(self.finished_at),

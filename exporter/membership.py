@@ -141,8 +141,9 @@ class StateHeader:
         return cls(d["exportId"], d["connectionId"], d["syncKey"], d["tag"], d["runId"], d["count"])
 
 
-def _records(f: BinaryIO, chunk: int = 1 << 20) -> Iterator[tuple[int, int, str]]:
-    """(key, fingerprint, email) of every record from the file's position on, read in large pieces."""
+def _records(f: BinaryIO, emails: bool = True, chunk: int = 1 << 20) -> Iterator[tuple[int, int, str | None]]:
+    """(key, fingerprint, email) of every record from the file's position on, read in large pieces;
+    without ``emails`` the email is None (not decoded: loading a million keys stays fast)."""
     unpack, size = RECORD.unpack_from, RECORD.size
     buf, pos = b"", 0
     while True:
@@ -156,32 +157,8 @@ def _records(f: BinaryIO, chunk: int = 1 << 20) -> Iterator[tuple[int, int, str]
             stop = pos + size + n
             if stop > end:
                 break
-            yield key, fp, buf[pos + size:stop].decode("utf-8")
+            yield key, fp, buf[pos + size:stop].decode("utf-8") if emails else None
             pos = stop
-        if not more:
-            if pos != end:
-                raise ValueError("membership state ends in the middle of a record")
-            return
-
-
-def _load_keys(f: BinaryIO, keys: array, fps: array, chunk: int = 1 << 20) -> None:
-    """Append the key and fingerprint of every record, reading the file in large pieces."""
-    unpack, size = RECORD.unpack_from, RECORD.size
-    add_key, add_fp = keys.append, fps.append
-    buf, pos = b"", 0
-    while True:
-        more = f.read(chunk)
-        if more:
-            buf = buf[pos:] + more
-            pos = 0
-        end = len(buf)
-        while pos + size <= end:
-            key, fp, n = unpack(buf, pos)
-            if pos + size + n > end:
-                break
-            add_key(key)
-            add_fp(fp)
-            pos += size + n
         if not more:
             if pos != end:
                 raise ValueError("membership state ends in the middle of a record")
@@ -196,9 +173,12 @@ class MemberState:
         self.path = path
         self.keys = array("Q")
         self.fps = array("Q")
+        add_key, add_fp = self.keys.append, self.fps.append
         with open(path, "rb") as f:
             f.readline()
-            _load_keys(f, self.keys, self.fps)
+            for key, fp, _ in _records(f, emails=False):
+                add_key(key)
+                add_fp(fp)
         self.present = bytearray(len(self.keys))
         # Keys are hashes, evenly spread: an index of where each range of top bits starts (about 8
         # keys a range, half a byte a member) leaves a bisection of a handful of keys per lookup.

@@ -272,8 +272,10 @@ def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper,
             builder.flush()
             untags = _plan_untags(run, export, state, spool, counts) if state is not None else 0
         except segments.SegmentSourceError as e:
+            builder.flush()  # the contacts of the last, partly filled batch are listed as not sent too
+            counts.queued = builder.contacts
+            _report_unsent(report, spool, REASON_NOT_SENT_UNREADABLE, str(e))
             report.close()
-            counts.queued = builder.contacts + builder.pending
             return _abandon(svc, run.id, counts, refresh, REASON_NOT_SENT_UNREADABLE, f"{e} Nothing was sent.")
         finally:
             seen.clear()
@@ -284,6 +286,8 @@ def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper,
         limit = connection.max_profiles_per_export
         valid = counts.queued + counts.skipped
         if limit is not None and valid > limit:
+            _report_spool(svc, run.id, spool, REASON_NOT_SENT_OVER_LIMIT,
+                          f"the segment has {valid} valid profiles; the connection allows {limit}")
             return _abandon(
                 svc, run.id, counts, refresh, REASON_NOT_SENT_OVER_LIMIT,
                 f"The segment has {valid} valid profiles, more than the {limit} allowed per export by "
@@ -291,13 +295,19 @@ def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper,
             )
         current = svc.storage.get_run(run.id)
         if current is None or current.status.is_final:  # cancelled (or failed) while planning
+            ended = current.status.value if current is not None else "deleted"
+            _report_spool(svc, run.id, spool, REASON_NOT_SENT_RUN_ENDED, f"the run was {ended} while it was planned")
             return _abandon(svc, run.id, counts, refresh, REASON_NOT_SENT_RUN_ENDED, None)
         if svc.storage.get_connection(connection.id) is None:  # removed while planning
+            _report_spool(svc, run.id, spool, REASON_NOT_SENT_CONNECTION,
+                          "the connection was removed while the run was planned")
             return _abandon(svc, run.id, counts, refresh, REASON_NOT_SENT_CONNECTION,
                             f"Connection {connection.display_name!r} was removed while the run was planned; "
                             "nothing was sent.")
         # Enqueue only now that the whole refresh was read cleanly.
         _enqueue(svc, run, spool, counts.batches + untags)
+    if counts.read == 0:
+        _note_empty_refresh(svc, run.id, refresh, counts.left)
     run = _record_planning(svc, run.id, counts, refresh, untags)
     log.info(
         "planned: %d read, %d rejected, %d duplicates, %d unchanged, %d contacts in %d batches, %d left the segment",
@@ -472,6 +482,48 @@ def _abandon(svc: Services, run_id: str, counts: RunCounts, refresh, reason: str
 
     svc.storage.update_tally(run_id, nothing_sent)
     return run
+
+
+def _note_empty_refresh(svc: Services, run_id: str, refresh, left: int) -> None:
+    """A refresh without a single row is an empty segment: the run goes on (and can succeed), but
+    says so, since an empty export by mistake of the platform looks the same."""
+    untagged = f" and the {left} members of the last confirmed run lose the tag" if left else ""
+    note = (f"The refresh {refresh.folder} has no rows: the segment is empty, so nothing was sent{untagged}. "
+            "If the segment is not empty, the platform wrote an empty refresh; check its export.")
+
+    def mutate(run: Run):
+        if run.status.is_final:
+            return False
+        run.error = note
+
+    svc.storage.update_run(run_id, mutate)
+    log.warning("refresh %s has no rows; %d members left", refresh.folder, left)
+
+
+def _report_unsent(report: ReportWriter, spool, reason: str, detail: str) -> None:
+    """List every contact of the spooled send batches in the report as not sent, one row each (so the
+    report has as many rows with ``reason`` as the run counts failed with it).
+
+    Streams the spool from its start, one message (line) at a time, and leaves it at its end.
+    """
+    spool.flush()
+    spool.seek(0)
+    for line in spool:
+        message = json.loads(line)
+        if message["type"] != "send":
+            continue  # tag removals of leavers: no contact of this run's rows
+        parts, refs = message["parts"], message["refs"]
+        for (part, row), contact in zip(refs, message["contacts"]):
+            report.add("planning", parts[part], row, contact["identifiers"][0]["id"], reason, detail)
+
+
+def _report_spool(svc: Services, run_id: str, spool, reason: str, detail: str) -> None:
+    """The run's report lists the spooled contacts, which will not be sent, before the run ends."""
+    report = svc.storage.open_report(run_id)
+    try:
+        _report_unsent(report, spool, reason, detail)
+    finally:
+        report.close()
 
 
 def _fail_early(svc: Services, run_id: str, error: str) -> Run:

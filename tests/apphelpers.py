@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 
 import azure.functions as func
 
 from exporter.access import DEV_ADMIN_PRINCIPAL, encode_principal
+from exporter.mapping import email_key, is_valid_email
 
 ADMIN = {"x-ms-client-principal": DEV_ADMIN_PRINCIPAL}
 CONTRIBUTOR = {"x-ms-client-principal": encode_principal("marketer@dev", ["Contributor"])}
@@ -84,6 +87,24 @@ def wait_for_run(run_id: str, timeout: float = 120) -> dict:
         if time.monotonic() > deadline:
             raise AssertionError(f"run {run_id} did not end in {timeout}s: {body}")
         time.sleep(0.3)
+
+
+def first_valid_rows(profiles, email_column: str = "PrimaryEmail") -> dict[str, dict]:
+    """The profiles whose contacts Omnisend should hold, by email key: valid emails only, and the first
+    row of each email (compared case-insensitively, as the app does)."""
+    out: dict[str, dict] = {}
+    for p in profiles:
+        email = p[email_column].strip()
+        if is_valid_email(email) and email_key(email) not in out:
+            out[email_key(email)] = p
+    return out
+
+
+def report_rows(run_id: str) -> list[dict]:
+    """GET /runs/{id}/rejects, parsed: one dict per CSV row (stage, partition, row, email, reason, detail)."""
+    status, _, res = call("run_rejects", "GET", "", route_params={"id": run_id})
+    assert status == 200
+    return list(csv.DictReader(io.StringIO(res.get_body().decode())))
 
 
 # --- callers, installed services and stored state (helpers for the access and validation tests) ---

@@ -77,6 +77,24 @@ def module_sandbox():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def module_services(azurite_storage, module_sandbox):
+    """The app's services in development mode for a whole module of small API tests, pointed at the
+    module's sandbox, on a clean app state, and installed for the handlers until the module ends.
+    Not autouse: a module asks for it (``pytestmark = pytest.mark.usefixtures("module_services")``)."""
+    from apphelpers import use_services
+    from exporter.config import load_settings
+    from exporter.services import build_services
+
+    svc = build_services(load_settings({
+        "AzureWebJobsStorage": DEV_STORAGE, "EXPORTER_DEV_MODE": "1", "OMNISEND_API_URL": module_sandbox.url,
+        "REFRESH_SETTLE_SECONDS": "0", "OMNISEND_TIMEOUT_SECONDS": "5"}))
+    clear_app_state(svc.storage)
+    restore = use_services(svc)
+    yield svc
+    restore()
+
+
 def clear_app_state(storage) -> None:
     """Empty the app's tables and queues: app resources have fixed names, so tests share them."""
     from exporter import config

@@ -15,31 +15,16 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import call, create_connection, create_export, use_services
-from conftest import DEV_STORAGE, TEST_API_KEY, TEST_BRAND, clear_app_state
+from apphelpers import call, create_connection, create_export
+from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import COLUMNS, generate_profiles, write_segment_refresh
-from exporter.config import load_settings
-from exporter.services import build_services
 from exporter.validation import MAX_BODY_BYTES
 
 MAPPING = {"email": "PrimaryEmail", "firstName": "FirstName", "lastName": "LastName", "country": "Country"}
 HEADER_COLUMNS = ("Id", "Email", "Given", "Family")
 
 
-@pytest.fixture(scope="module")
-def svc(azurite_storage, module_sandbox):
-    services = build_services(load_settings({
-        "AzureWebJobsStorage": DEV_STORAGE, "EXPORTER_DEV_MODE": "1", "OMNISEND_API_URL": module_sandbox.url,
-        "REFRESH_SETTLE_SECONDS": "0", "OMNISEND_TIMEOUT_SECONDS": "5"}))
-    clear_app_state(services.storage)
-    return services
-
-
-@pytest.fixture(autouse=True)
-def installed(svc):
-    restore = use_services(svc)
-    yield svc
-    restore()
+pytestmark = pytest.mark.usefixtures("module_services")  # installed for the whole module
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +50,8 @@ def container(azurite_storage):
 
 
 @pytest.fixture(scope="module")
-def conn(svc, module_sandbox):
-    restore = use_services(svc)
-    try:
-        return create_connection(TEST_API_KEY, name=f"Validation {uuid.uuid4().hex[:6]}")
-    finally:
-        restore()
+def conn(module_services):
+    return create_connection(TEST_API_KEY, name=f"Validation {uuid.uuid4().hex[:6]}")
 
 
 @pytest.fixture
@@ -139,8 +120,8 @@ def test_a_body_that_is_not_an_object_is_400(raw, export):
         assert_bad_request(status, body, res, {"(body)": "type"})
 
 
-def test_oversized_bodies_are_refused_before_anything_else(export, conn, container, svc):
-    before = len(svc.storage.list_connections()), len(svc.storage.list_exports())
+def test_oversized_bodies_are_refused_before_anything_else(export, conn, container, module_services):
+    before = len(module_services.storage.list_connections()), len(module_services.storage.list_exports())
     pad = "x" * (MAX_BODY_BYTES + 1)
     bodies = [connection_body(displayName=pad), export_body(conn, container, name=pad),
               export_body(conn, container, name=pad)]
@@ -155,7 +136,7 @@ def test_oversized_bodies_are_refused_before_anything_else(export, conn, contain
     assert len(raw) <= MAX_BODY_BYTES
     status, body, res = call("connections", "POST", "connections", raw)
     assert_bad_request(status, body, res, {"displayName": "invalid"})
-    assert (len(svc.storage.list_connections()), len(svc.storage.list_exports())) == before
+    assert (len(module_services.storage.list_connections()), len(module_services.storage.list_exports())) == before
 
 
 def test_unknown_fields_are_named_top_level_and_nested(conn, container, export):
@@ -250,14 +231,14 @@ ODD_IDS = [uuid.uuid4().hex, "0000000000000deadbeef", "x'y", 'q"q', "a#b", "a?b=
 
 
 @pytest.mark.parametrize("function, method", ID_ROUTES)
-def test_unknown_or_odd_ids_are_404(function, method, conn, container, svc):
-    before = len(svc.storage.list_exports())
+def test_unknown_or_odd_ids_are_404(function, method, conn, container, module_services):
+    before = len(module_services.storage.list_exports())
     for rid in ODD_IDS:
         payload = export_body(conn, container) if method == "PUT" else None
         status, body, res = call(function, method, "x", payload, route_params={"id": rid})
         assert status == 404, (rid, body)
         assert res.mimetype == "application/problem+json" and body["title"] == "Not found"
-    assert len(svc.storage.list_exports()) == before
+    assert len(module_services.storage.list_exports()) == before
 
 
 def test_unknown_id_with_a_bad_body_is_404(conn):
@@ -277,7 +258,7 @@ def test_mapping_email_is_required(conn, container, export):
             assert_bad_request(status, body, res, {"mapping.email": code})
 
 
-def test_every_mapped_column_must_exist_in_the_model_json_schema(conn, container, export, svc):
+def test_every_mapped_column_must_exist_in_the_model_json_schema(conn, container, export, module_services):
     mapping = {"email": "PrimaryEmail", "firstName": "GivenName", "city": "Town", "country": "Country"}
     for function, method, route in body_endpoints(export)[1:]:
         status, body, res = call(function, method, "x", export_body(conn, container, mapping=mapping),
@@ -287,7 +268,7 @@ def test_every_mapped_column_must_exist_in_the_model_json_schema(conn, container
         assert "'GivenName'" in messages["mapping.firstName"] and "'Town'" in messages["mapping.city"]
         for message in messages.values():
             assert "available columns: " + ", ".join(COLUMNS) in message
-    assert svc.storage.get_export(export["id"]).mapping.to_api() == MAPPING  # the PUT changed nothing
+    assert module_services.storage.get_export(export["id"]).mapping.to_api() == MAPPING  # the PUT changed nothing
 
 
 def test_mapped_columns_are_checked_against_the_csv_header(conn, container):
@@ -307,23 +288,23 @@ def test_column_names_are_matched_exactly(conn, container):
     assert_bad_request(status, body, res, {"mapping.email": "unknown_column"})
 
 
-def test_the_connection_must_exist(conn, container, export, svc):
+def test_the_connection_must_exist(conn, container, export, module_services):
     gone = uuid.uuid4().hex
     for function, method, route in body_endpoints(export)[1:]:
         status, body, res = call(function, method, "x", export_body(conn, container, connectionId=gone),
                                  route_params=route)
         assert_bad_request(status, body, res, {"connectionId": "unknown"})
         assert gone in body["errors"][0]["message"]
-    assert svc.storage.get_export(export["id"]).connection_id == conn["id"]
+    assert module_services.storage.get_export(export["id"]).connection_id == conn["id"]
 
 
-def test_a_source_without_a_refresh_is_saved_with_a_notice(conn, container, svc):
+def test_a_source_without_a_refresh_is_saved_with_a_notice(conn, container, module_services):
     status, body, _ = call("exports", "POST", "exports", export_body(
         conn, container, source={"container": container, "folder": "ci", "segment": "Future"},
         mapping={"email": "AnyColumnForNow"}))
     assert status == 201, body
     assert len(body["notices"]) == 1 and "has no refresh" in body["notices"][0] and "Future" in body["notices"][0]
-    assert svc.storage.get_export(body["id"]) is not None
+    assert module_services.storage.get_export(body["id"]) is not None
     assert call("export_runs", "GET", "x", route_params={"id": body["id"]})[1]["runs"] == []  # saving ran nothing
     status, problem, _ = call("export_runs", "POST", "x", route_params={"id": body["id"]})
     assert status == 409 and problem["title"] == "Nothing to export"
@@ -338,14 +319,14 @@ def test_a_source_without_a_refresh_is_checked_against_model_json_when_it_descri
     assert status == 201 and len(body["notices"]) == 1 and "no refresh" in body["notices"][0], body
 
 
-def test_a_missing_container_is_400_naming_source_container(conn, container, svc):
-    before = len(svc.storage.list_exports())
+def test_a_missing_container_is_400_naming_source_container(conn, container, module_services):
+    before = len(module_services.storage.list_exports())
     missing = f"nosuch{uuid.uuid4().hex[:8]}"
     status, body, res = call("exports", "POST", "exports", export_body(
         conn, container, source={"container": missing, "folder": "ci", "segment": "VIP"}))
     assert_bad_request(status, body, res, {"source.container": "not_found"})
     assert missing in body["errors"][0]["message"]
-    assert len(svc.storage.list_exports()) == before
+    assert len(module_services.storage.list_exports()) == before
 
 
 def test_an_unreadable_schema_is_400_naming_the_source(conn, container):
@@ -355,16 +336,16 @@ def test_an_unreadable_schema_is_400_naming_the_source(conn, container):
     assert "model.json" in body["errors"][0]["message"]
 
 
-def test_a_valid_export_is_saved_and_replaced_without_running(conn, container, export, svc):
+def test_a_valid_export_is_saved_and_replaced_without_running(conn, container, export, module_services):
     assert export["notices"] == [] and export["mapping"] == MAPPING and export["enabled"] is True
     status, body, _ = call("export", "PUT", "x", export_body(conn, container, name="Renamed", enabled=False,
                                                              mapping={"email": "PrimaryEmail"}),
                            route_params={"id": export["id"]})
     assert status == 200, body
-    saved = svc.storage.get_export(export["id"])
+    saved = module_services.storage.get_export(export["id"])
     assert saved.name == "Renamed" and saved.enabled is False and saved.mapping.to_api() == {"email": "PrimaryEmail"}
     assert body["createdAt"] == export["createdAt"]
-    assert svc.storage.list_runs(export["id"]) == []
+    assert module_services.storage.list_runs(export["id"]) == []
 
 
 def test_connection_create_validation_lists_every_bad_field():
@@ -420,7 +401,7 @@ def _mutate(rng: random.Random, body):
     return body
 
 
-def test_fuzzed_bodies_never_cause_a_500(conn, container, export, svc):
+def test_fuzzed_bodies_never_cause_a_500(conn, container, export, module_services):
     rng = random.Random(20260315)
     seen = set()
     for i in range(240):

@@ -8,16 +8,22 @@ and the sandbox, which shows what was sent.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import call, create_connection, create_export, never_ended_with_open_counts, start_run, wait_for_run
+from apphelpers import (
+    call,
+    create_connection,
+    create_export,
+    never_ended_with_open_counts,
+    report_rows,
+    start_run,
+    wait_for_run,
+)
 from conftest import TEST_API_KEY, TEST_BRAND
-from exporter import segments
+from exporter import planner, segments
 from exporter.local_runner import LocalHost
 
 SEG = "Members"
@@ -76,12 +82,6 @@ def run_export(export: dict) -> dict:
     return wait_for_run(start_run(export["id"])["runId"], timeout=60)
 
 
-def report(run_id: str) -> list[dict]:
-    status, _, res = call("run_rejects", "GET", "", route_params={"id": run_id})
-    assert status == 200
-    return list(csv.DictReader(io.StringIO(res.get_body().decode())))
-
-
 def adds_up(run: dict) -> None:
     c = run["counts"]
     assert c["read"] == c["rejected"] + c["duplicates"] + c["confirmed"] + c["failed"] + c["skipped"], c
@@ -118,6 +118,28 @@ def test_an_unbalanced_quote_mid_file_fails_the_run_naming_file_and_line(service
     assert "private110" not in run["error"]
     adds_up(run)
     never_ended_with_open_counts(run_views)
+    nothing_sent(sandbox)
+
+
+def test_contacts_read_before_an_unreadable_line_are_each_reported_as_not_sent(services, workers, sandbox, conn,
+                                                                                segment_container):
+    header = ",".join(COLS) + "\r\n"
+    put(segment_container, part(1), header + rows(*people(1, 150)))  # more than one batch
+    broken = rows(*people(200, 10)) + '"210","Ann,"private210@example.com","LT"\r\n' + rows(*people(211, 10))
+    put(segment_container, part(2), header + broken + rows(("bad", "Bad", "not-an-email", "LT")))
+    run = run_export(export_of(conn, segment_container))
+    c = run["counts"]
+    assert run["status"] == "failed" and run["countsFinal"] is True and "Nothing was sent" in run["error"]
+    adds_up(run)
+    reason = planner.REASON_NOT_SENT_UNREADABLE
+    assert c["failedByReason"] == {reason: c["failed"]} and c["failed"] == c["queued"] > 100
+    not_sent = [r for r in report_rows(run["runId"]) if r["reason"] == reason]
+    assert len(not_sent) == c["failed"]
+    assert all(r["stage"] == "planning" and part(2) in r["detail"] for r in not_sent)
+    # every contact read before the broken line, each with its own file and row
+    expected = {(part(1), str(i), f"person{i}@example.com") for i in range(1, 151)}
+    expected |= {(part(2), str(i - 199), f"person{i}@example.com") for i in range(200, 210)}
+    assert {(r["partition"], r["row"], r["email"]) for r in not_sent} == expected
     nothing_sent(sandbox)
 
 
@@ -161,7 +183,7 @@ def test_bytes_that_are_not_utf8_reject_their_row_only(services, workers, sandbo
     assert run["status"] == "partiallySucceeded" and c["read"] == 12 and c["confirmed"] == 10
     assert c["rejectedByReason"] == {"not valid UTF-8": 2}
     adds_up(run)
-    bad = [r for r in report(run["runId"]) if r["reason"] == "not valid UTF-8"]
+    bad = [r for r in report_rows(run["runId"]) if r["reason"] == "not valid UTF-8"]
     assert [(r["partition"], r["row"]) for r in bad] == [(part(), "6"), (part(), "7")]
     assert set(stored(sandbox)) == {f"person{i}@example.com" for i in (*range(1, 6), *range(8, 13))}
 
@@ -223,7 +245,7 @@ def test_a_1mb_field(services, workers, sandbox, conn, segment_container, monkey
     assert run["status"] == "partiallySucceeded" and c["read"] == 8 and c["confirmed"] == 7
     assert c["rejectedByReason"] == {"value too long": 1}
     adds_up(run)
-    (row,) = report(run["runId"])
+    (row,) = report_rows(run["runId"])
     assert (row["row"], row["email"], row["reason"]) == ("4", "huge-name4@example.com", "value too long")
     assert "firstName" in row["detail"] and len(row["detail"]) < 200
     contacts = stored(sandbox)
@@ -248,8 +270,28 @@ def test_an_empty_file_is_an_empty_segment(services, workers, sandbox, conn, seg
     run = run_export(export_of(conn, segment_container))
     c = run["counts"]
     assert run["status"] == "succeeded" and c["read"] == 0 and c["batches"] == 0
+    assert run["error"].startswith(f"The refresh {FOLDER}/{SEG}/{T}/ has no rows: the segment is empty")
+    assert "nothing was sent." in run["error"] and "lose the tag" not in run["error"]
     adds_up(run)
     nothing_sent(sandbox)
+
+
+def test_an_empty_refresh_after_members_untags_them_and_says_so(services, workers, sandbox, conn,
+                                                                segment_container):
+    model_json(segment_container)
+    earlier = (datetime.now(timezone.utc) - timedelta(minutes=15)).strftime("%Y/%m/%d/%H%M")
+    put(segment_container, part(time=earlier), rows(*people(1, 5)))
+    export = export_of(conn, segment_container)
+    first = run_export(export)
+    assert first["status"] == "succeeded" and first["counts"]["confirmed"] == 5 and first["error"] is None
+    assert all(SEG in contact["tags"] for contact in stored(sandbox).values())
+    put(segment_container, part(), b"")  # the next refresh: nobody is in the segment any more
+    run = run_export(export)
+    c = run["counts"]
+    assert run["status"] == "succeeded" and c["read"] == 0 and c["left"] == c["untagged"] == 5
+    assert "has no rows" in run["error"] and "the 5 members of the last confirmed run lose the tag" in run["error"]
+    adds_up(run)
+    assert all(SEG not in contact["tags"] for contact in stored(sandbox).values())
 
 
 def test_an_empty_file_where_a_header_row_is_expected(services, workers, sandbox, conn, segment_container):

@@ -26,6 +26,7 @@ from apphelpers import (
     call,
     create_connection,
     create_export,
+    report_rows,
     start_run,
     stored_texts,
     table_rows,
@@ -36,6 +37,7 @@ from apphelpers import (
 from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import generate_profiles, write_segment_refresh
 from exporter.domain import parse_iso
+from exporter.planner import REASON_NOT_SENT_OVER_LIMIT
 from exporter.secrets import SecretNotFoundError
 from exporter.services import Services
 from tests.keyvault_fake import make_keyvault_store
@@ -338,6 +340,36 @@ def test_a_run_over_the_contract_limit_fails_before_sending_anything(services, w
     run = wait_for_run(start_run(fits["id"])["runId"])  # exactly at the limit is allowed
     assert run["status"] == "partiallySucceeded" and run["counts"]["confirmed"] == 240, run
     assert len(sandbox.contacts(TEST_BRAND)) == 240
+
+
+def test_a_run_over_the_contract_limit_reports_each_contact_it_did_not_send(services, workers, sandbox,
+                                                                          segment_container):
+    container = segment_container.container_name
+    people = list(generate_profiles(400, seed=23, invalid_share=0, duplicate_share=0))
+    write_segment_refresh(segment_container, folder="ci", segment="Grows", profiles=people[:150],
+                          when=FIVE_MINUTES_AGO - timedelta(minutes=10), partitions=2)
+    conn = create_connection(TEST_API_KEY, name="Contract", maxProfilesPerExport=300)
+    export = create_export(conn["id"], container, "ci", "Grows")
+    first = wait_for_run(start_run(export["id"])["runId"])
+    assert first["status"] == "succeeded" and first["counts"]["confirmed"] == 150, first
+    # the segment grows past the limit; 20 members left it (their tag removal is spooled as well)
+    write_segment_refresh(segment_container, folder="ci", segment="Grows", profiles=people[20:],
+                          when=FIVE_MINUTES_AGO, partitions=2)
+    requests_before = sandbox.stats(TEST_BRAND)["requests"]
+    run = wait_for_final(start_run(export["id"])["runId"])
+    c = run["counts"]
+    assert run["status"] == "failed" and "380 valid profiles" in run["error"] and run["countsFinal"] is True
+    assert c["skipped"] == 130 and c["queued"] == 250 and c["failedByReason"] == {REASON_NOT_SENT_OVER_LIMIT: 250}
+    assert c["read"] == c["rejected"] + c["duplicates"] + c["confirmed"] + c["failed"] + c["skipped"]
+
+    not_sent = [r for r in report_rows(run["runId"]) if r["reason"] == REASON_NOT_SENT_OVER_LIMIT]
+    assert len(not_sent) == c["failed"]
+    assert all(r["stage"] == "planning" and "380 valid profiles" in r["detail"] for r in not_sent)
+    assert sorted(r["email"] for r in not_sent) == sorted(p["PrimaryEmail"].strip() for p in people[150:])
+    assert len({(r["partition"], r["row"]) for r in not_sent}) == 250  # each names its own row
+    assert sandbox.stats(TEST_BRAND)["requests"] == requests_before  # nothing sent, no tag removed
+    stored = {c["email"]: c for c in sandbox.contacts(TEST_BRAND)}
+    assert len(stored) == 150 and all("Grows" in stored[p["PrimaryEmail"].lower()]["tags"] for p in people[:20])
 
 
 # --- delete --------------------------------------------------------------------------------------

@@ -11,29 +11,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import ANONYMOUS, CONTRIBUTOR, NO_ROLE, call, table_rows, use_services
-from conftest import DEV_STORAGE, TEST_API_KEY, TEST_BRAND, clear_app_state
+from apphelpers import ANONYMOUS, CONTRIBUTOR, NO_ROLE, call, table_rows
+from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import COLUMNS, generate_profiles, write_segment_refresh
-from exporter.config import load_settings
-from exporter.services import build_services
 
 HEADER_COLUMNS = ("Id", "Email", "Given", "Family")
 
 
-@pytest.fixture(scope="module")
-def svc(azurite_storage, module_sandbox):
-    services = build_services(load_settings({
-        "AzureWebJobsStorage": DEV_STORAGE, "EXPORTER_DEV_MODE": "1", "OMNISEND_API_URL": module_sandbox.url,
-        "REFRESH_SETTLE_SECONDS": "0", "OMNISEND_TIMEOUT_SECONDS": "5"}))
-    clear_app_state(services.storage)
-    return services
-
-
-@pytest.fixture(autouse=True)
-def installed(svc):
-    restore = use_services(svc)
-    yield svc
-    restore()
+pytestmark = pytest.mark.usefixtures("module_services")  # installed for the whole module
 
 
 @pytest.fixture(scope="module")
@@ -148,28 +133,28 @@ def connection_body(**changes):
     return body
 
 
-def test_connect_checks_the_key_and_saves_nothing(svc, module_sandbox):
-    before = table_rows(svc.storage)
+def test_connect_checks_the_key_and_saves_nothing(module_services, module_sandbox):
+    before = table_rows(module_services.storage)
     checks = module_sandbox.stats(TEST_BRAND)
     body = connection_body()
     status, res, _ = dry_run(body)
     assert status == 200, res
     assert res["keyAccepted"] is True and res["dryRun"] is True and "Nothing was saved" in res["detail"]
     assert TEST_API_KEY not in str(res)
-    assert table_rows(svc.storage) == before
+    assert table_rows(module_services.storage) == before
     assert module_sandbox.stats(TEST_BRAND) != checks  # Omnisend was really asked
     # ... and the same body then saves
     status, created, _ = call("connections", "POST", "connections", body)
     assert status == 201 and created["displayName"] == body["displayName"]
 
 
-def test_connect_with_a_rejected_key_is_the_same_422_as_saving(svc):
-    before = table_rows(svc.storage)
+def test_connect_with_a_rejected_key_is_the_same_422_as_saving(module_services):
+    before = table_rows(module_services.storage)
     status, body, _ = dry_run(connection_body(apiKey="not-a-valid-key"))
     assert status == 422 and body["title"] == "API key rejected"
     assert error_fields(body) == {"apiKey": "rejected"}
     assert "not-a-valid-key" not in str(body)
-    assert table_rows(svc.storage) == before
+    assert table_rows(module_services.storage) == before
 
 
 def test_connect_validates_the_whole_body_like_saving():
@@ -178,11 +163,11 @@ def test_connect_validates_the_whole_body_like_saving():
     assert any("compliance boundary" in e["message"] for e in body["errors"])
 
 
-def test_connect_is_for_admins_only(svc):
-    before = table_rows(svc.storage)
+def test_connect_is_for_admins_only(module_services):
+    before = table_rows(module_services.storage)
     status, body, _ = dry_run(connection_body(), headers=CONTRIBUTOR)
     assert status == 403 and body["detail"] == "Only an Admin may create connections."
-    assert table_rows(svc.storage) == before
+    assert table_rows(module_services.storage) == before
 
 
 # --- GET /me -------------------------------------------------------------------------------------

@@ -120,5 +120,8 @@ def test_records_are_read_whole_across_read_boundaries(tmp_path, chunk):
     records = [(i * 7919, i, f"person{i}@exämple.com" * (i % 3)) for i in range(200)]
     data = b"".join(RECORD.pack(k, fp, len(e.encode())) + e.encode() for k, fp, e in records)
     assert list(_records(io.BytesIO(data), chunk=chunk)) == records
+    assert list(_records(io.BytesIO(data), emails=False, chunk=chunk)) == [(k, fp, None) for k, fp, _ in records]
     with pytest.raises(ValueError):
         list(_records(io.BytesIO(data[:-3]), chunk=chunk))
+    with pytest.raises(ValueError):
+        list(_records(io.BytesIO(data[:-3]), emails=False, chunk=chunk))

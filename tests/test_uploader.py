@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from datetime import datetime, timedelta, timezone
@@ -12,7 +10,7 @@ import pytest
 from azure.functions.queue import QueueMessage
 
 import function_app
-from apphelpers import call, create_connection, create_export, start_run, wait_for_run
+from apphelpers import call, create_connection, create_export, report_rows, start_run, wait_for_run
 from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import generate_profiles, write_segment_refresh
 from exporter import config, uploader
@@ -48,11 +46,6 @@ def receive(storage, queue_name, wait=6.0):
 
 def as_message(m, dequeue_count=None):
     return QueueMessage(id=m.id, body=m.content.encode(), dequeue_count=dequeue_count or m.dequeue_count)
-
-
-def report_rows(run_id):
-    _, _, res = call("run_rejects", "GET", "", route_params={"id": run_id})
-    return list(csv.DictReader(io.StringIO(res.get_body().decode())))
 
 
 def test_redelivered_messages_neither_send_nor_count_twice(services, sandbox, segment_container):

@@ -11,10 +11,9 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from apphelpers import create_connection, create_export, start_run, wait_for_run
+from apphelpers import create_connection, create_export, first_valid_rows, start_run, wait_for_run
 from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import generate_profiles, write_segment_refresh
-from exporter.mapping import email_key, is_valid_email
 
 WORKER = Path(__file__).with_name("worker_process.py")
 
@@ -56,7 +55,7 @@ def test_killing_a_worker_process_mid_run_loses_nothing(services, sandbox, segme
         os.killpg(second.pid, signal.SIGKILL)
         second.wait()
 
-    valid = {email_key(p["PrimaryEmail"].strip()) for p in profiles if is_valid_email(p["PrimaryEmail"].strip())}
+    valid = first_valid_rows(profiles)
     stored = [c["email"] for c in sandbox.contacts(TEST_BRAND)]
     c = run["counts"]
     assert run["status"] == "partiallySucceeded"  # the invalid rows only

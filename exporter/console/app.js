@@ -772,8 +772,9 @@ async function exportView(main, exportId) {
 
 // --- runs -------------------------------------------------------------------------------------
 
+// the run ended and every batch is accounted for: its counts no longer change
 function settled(run) {
-  return FINAL.has(run.status) && run.counts.batchesDone >= run.counts.batches;
+  return FINAL.has(run.status) && run.countsFinal;
 }
 
 async function loadRuns(section, problemBox, exportId, view) {
@@ -851,7 +852,8 @@ function renderRuns(box, runs, problemBox, reload) {
       h("td", { class: "started" }, fmtTime(run.startedAt || run.createdAt),
         h("div", { class: "hint" }, run.trigger === "schedule" ? "by the schedule" : "Run now")),
       h("td", {}, h("span", { class: `status status-${run.status}` }, STATUS_TEXT[run.status] || run.status),
-        run.stuck ? h("div", { class: "hint" }, `Stuck: ${run.stuck}`) : null),
+        run.stuck ? h("div", { class: "hint" }, `Stuck: ${run.stuck}`) : null,
+        FINAL.has(run.status) && !run.countsFinal ? h("div", { class: "hint" }, "Counts still changing: batches in flight are being accounted for") : null),
       progressCell(run),
       num(c.read), num(c.confirmed), num(c.rejected), num(c.duplicates), num(c.failed), num(c.skipped),
       h("td", { class: "num" }, fmtDuration(run)),
