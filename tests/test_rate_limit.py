@@ -69,6 +69,37 @@ def test_no_window_ever_holds_more_than_the_budget(services, unique):
     services.storage.tables.delete_table(f"rl{unique}")
 
 
+def test_instances_reserving_from_one_budget_at_once_never_overspend_it(services, unique):
+    """Two limiters on one table (two instances), four threads each: each limiter skips the read when
+    its last write is still current, so the other instance's writes must be noticed (ETag) every time."""
+    import threading
+
+    table = services.storage.tables.create_table(f"rl{unique}")
+    clock = FakeClock()
+    budget = Budget(LIMIT, WINDOW)
+    instances = [RateLimiter(table, budget, Budget(6, WINDOW), clock=clock, sleep=lambda s: None) for _ in range(2)]
+    sent, lock = [], threading.Lock()
+
+    def worker(limiter):
+        for _ in range(12):
+            try:
+                wait = limiter.reserve("conn", budget)
+            except OmnisendRateLimited:
+                continue
+            with lock:
+                sent.append(clock.now + wait)
+
+    threads = [threading.Thread(target=worker, args=(limiter,)) for limiter in instances for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # the clock stands still: the window's budget is handed out at once, exactly, and the next slot
+    # (a whole window away) is too far to wait for
+    assert sorted(sent) == [clock.now] * budget.allowed
+    services.storage.tables.delete_table(f"rl{unique}")
+
+
 def test_tags_requests_spend_the_tags_budget_too(services, unique):
     table = services.storage.tables.create_table(f"rl{unique}")
     slept = []
