@@ -148,7 +148,7 @@ def extrapolation(res: Results) -> str:
 NOTES_MARKER = "<!-- findings: kept when python -m benchmarks rewrites the tables above -->"
 
 TITLES = {"planning": "1. Planning", "upload": "2. Upload overhead (no rate limit)",
-          "ceiling": "3. Ceiling (Omnisend's limits scaled down in time)", "incremental": "4. Incremental (1% churn)"}
+          "ceiling": "3. Ceiling (Omnisend's limits, scaled down in time and as they are)", "incremental": "4. Incremental (1% churn)"}
 
 
 def markdown(res: Results, t: dict[str, str], notes: str = "") -> str:

@@ -229,7 +229,7 @@ def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper,
     report = svc.storage.open_report(run.id)
     seen = KeySet()  # member keys (64-bit hashes of casefolded emails), not the addresses
     log.info("planning %s", refresh.folder, extra=ctx)
-    with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+    with Spool(svc, run) as spool:
         builder = BatchBuilder(run, spool)
         # bound once: this loop runs for every row of the segment
         map_json, add, fits_alone, remember = mapper.map_json, builder.add, builder.fits_alone, seen.add
@@ -305,7 +305,7 @@ def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper,
                             f"Connection {connection.display_name!r} was removed while the run was planned; "
                             "nothing was sent.")
         # Enqueue only now that the whole refresh was read cleanly.
-        _enqueue(svc, run, spool, counts.batches + untags)
+        _enqueue(svc, spool)
     if counts.read == 0:
         _note_empty_refresh(svc, run.id, refresh, counts.left)
     run = _record_planning(svc, run.id, counts, refresh, untags)
@@ -347,21 +347,21 @@ class EnqueueError(RuntimeError):
     """Enqueueing stopped part way; planning the run again is safe (batch numbers are stable)."""
 
 
-def _enqueue(svc: Services, run: Run, spool, lines: int) -> None:
+def _enqueue(svc: Services, spool: "Spool") -> None:
     """Hand the spooled messages to the uploaders.
 
-    A small run's messages go straight onto the batch queue. A large run's spool is uploaded as one
-    blob and only a "dispatch" message per DISPATCH_LINES of it is enqueued; uploaders fan those out
-    while others already send. One queue message per Omnisend batch up front would cost the planner
-    more than reading the segment (about 75 messages a second to Azurite from one process), and
-    Omnisend takes at most ~3 batches a second anyway.
+    A small run's messages go straight onto the batch queue. A large run's spool becomes one blob
+    (its blocks were staged while the segment was read; committing them makes it whole) and only a
+    "dispatch" message per DISPATCH_LINES of it is enqueued; uploaders fan those out while others
+    already send. One queue message per Omnisend batch up front would cost the planner more than
+    reading the segment (about 75 messages a second to Azurite from one process), and Omnisend takes
+    at most ~3 batches a second anyway.
     """
     try:
-        spool.seek(0)
-        if lines <= DIRECT_ENQUEUE_LINES:
-            _send_all(svc, (line.rstrip("\n") for line in spool))
+        if spool.lines <= DIRECT_ENQUEUE_LINES:
+            _send_all(svc, spool.messages())
         else:
-            _send_all(svc, (json.dumps(d, separators=(",", ":")) for d in _upload_spool(svc, run, spool)))
+            _send_all(svc, (json.dumps(d, separators=(",", ":")) for d in spool.commit()))
     except Exception as e:
         raise EnqueueError(f"enqueueing batches failed: {type(e).__name__}") from e
 
@@ -378,48 +378,95 @@ def _send_all(svc: Services, messages) -> None:
             in_flight.popleft().result()
 
 
-def _upload_spool(svc: Services, run: Run, spool) -> list[dict]:
-    """Upload the spool as the run's spool blob (blocks staged in parallel); return its dispatch messages."""
-    blob = svc.storage.spool_blob(run.id)
-    head = {"type": "dispatch", "runId": run.id, "exportId": run.export_id, "connectionId": run.connection_id}
-    dispatches: list[dict] = []
-    block_ids: list[str] = []
-    staged: deque = deque()
-    buf = bytearray()
-    offset = group_start = group_lines = 0
+class Spool:
+    """The plan's queue messages, one JSON line each, in a local temporary file (read back for the
+    report when a run ends before sending) and, as it grows, staged block by block as the run's spool
+    blob from a background thread, so that handing a large plan off costs little after the read.
+    Staged blocks are invisible until ``commit``: nothing can be fanned out before the plan is whole.
+    """
 
-    def stage(pool) -> None:
-        block_id = f"{len(block_ids):08d}"
-        block_ids.append(block_id)
-        staged.append(pool.submit(blob.stage_block, block_id, bytes(buf)))
-        buf.clear()
-        while len(staged) > SPOOL_UPLOAD_THREADS:
-            staged.popleft().result()
+    def __init__(self, svc: Services, run: Run):
+        self._file = tempfile.TemporaryFile("w+", encoding="utf-8")
+        self._blob = svc.storage.spool_blob(run.id)
+        self._head = {"type": "dispatch", "runId": run.id, "exportId": run.export_id,
+                      "connectionId": run.connection_id}
+        self._pool: ThreadPoolExecutor | None = None
+        self._staged: deque = deque()
+        self._block_ids: list[str] = []
+        self._buf = bytearray()
+        self._error: BaseException | None = None
+        self._group_starts: list[int] = []  # byte offset of every DISPATCH_LINES-th line
+        self.offset = 0
+        self.lines = 0
 
-    def close_group() -> None:
-        nonlocal group_start, group_lines
-        dispatches.append({**head, "first": len(dispatches) * DISPATCH_LINES + 1, "lines": group_lines,
-                           "start": group_start, "end": offset})
-        group_start, group_lines = offset, 0
+    def write(self, line: str) -> None:
+        """Add one message (a JSON line ending in a newline)."""
+        self._file.write(line)
+        data = line.encode("utf-8")
+        if self.lines % DISPATCH_LINES == 0:
+            self._group_starts.append(self.offset)
+        self.lines += 1
+        self.offset += len(data)
+        self._buf += data
+        if len(self._buf) >= SPOOL_BLOCK_BYTES:
+            self._stage()
 
-    with ThreadPoolExecutor(SPOOL_UPLOAD_THREADS, thread_name_prefix="spool") as pool:
-        for line in spool:
-            data = line.encode("utf-8")
-            buf += data
-            offset += len(data)
-            group_lines += 1
-            if group_lines == DISPATCH_LINES:
-                close_group()
-            if len(buf) >= SPOOL_BLOCK_BYTES:
-                stage(pool)
-        if group_lines:
-            close_group()
-        if buf:
-            stage(pool)
-        while staged:
-            staged.popleft().result()
-    blob.commit_block_list(block_ids)
-    return dispatches
+    def _stage(self) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(SPOOL_UPLOAD_THREADS, thread_name_prefix="spool")
+        block_id = f"{len(self._block_ids):08d}"
+        self._block_ids.append(block_id)
+        self._staged.append(self._pool.submit(self._blob.stage_block, block_id, bytes(self._buf)))
+        self._buf.clear()
+        while len(self._staged) > SPOOL_UPLOAD_THREADS:  # bounded memory: wait for the oldest block
+            self._wait_oldest()
+
+    def _wait_oldest(self) -> None:
+        try:
+            self._staged.popleft().result()
+        except Exception as e:  # noqa: BLE001 - reported when the plan is handed off, not mid-read
+            self._error = self._error or e
+
+    def messages(self):
+        """The messages from the first, as text (the file is left at its end)."""
+        self._file.flush()
+        self._file.seek(0)
+        for line in self._file:
+            yield line.rstrip("\n")
+
+    def commit(self) -> list[dict]:
+        """Make the spool blob whole; returns the dispatch messages that cover it."""
+        if self._buf:
+            self._stage()
+        while self._staged:
+            self._wait_oldest()
+        if self._error is not None:
+            raise self._error
+        self._blob.commit_block_list(self._block_ids)
+        ends = self._group_starts[1:] + [self.offset]
+        return [{**self._head, "first": i * DISPATCH_LINES + 1, "lines": min(DISPATCH_LINES, self.lines - i * DISPATCH_LINES),
+                 "start": start, "end": end} for i, (start, end) in enumerate(zip(self._group_starts, ends))]
+
+    # the local file, for the report of a run that ends before sending
+    def flush(self) -> None:
+        self._file.flush()
+
+    def seek(self, position: int) -> None:
+        self._file.seek(position)
+
+    def __iter__(self):
+        return iter(self._file)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._file.close()
+
+    def __enter__(self) -> "Spool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _record_planning(svc: Services, run_id: str, counts: RunCounts, refresh, untags: int = 0) -> Run:

@@ -540,8 +540,7 @@ class Storage:
             mutate(head)
             try:
                 self.batches.submit_transaction([self._write_tally_op(run_id, head, etag)])
-                parts[TALLY_KEY] = (head, "")
-                return self._sum(parts)
+                return self.get_tally(run_id)[0]  # read after the write: see the note in commit_batch
             except TableTransactionError as e:
                 if e.status_code not in (409, 412):
                     raise
@@ -555,9 +554,13 @@ class Storage:
         or None when another worker changed the batch first: the caller lost the race and must not act
         on it again.
 
-        The whole tally returned is exact when the run is near its end (few batches left), where
-        moving the run on depends on it: then it is read again after the commit, so the worker that
-        commits last sees every commit. Earlier it may miss commits made meanwhile by other workers.
+        The whole tally returned is exact when the run is near its end (few batches left) or not
+        planned yet, where moving the run on depends on it: then it is read again after the commit.
+        Every write that may end a run (these commits, and ``update_tally``) reads after writing, so
+        of two writers racing to the end the later one sees both writes. Far from the end the tally
+        returned may miss commits made meanwhile by other workers (never overstating them); should
+        more than NEAR_END_BATCHES batches be counted between one commit's read and its write, the
+        timer's reconcile moves the run on.
         """
         if etag is None:
             batch_op: tuple = ("create", self._batch_entity(batch))
@@ -580,8 +583,8 @@ class Storage:
                 continue
             parts[key] = (shard, "")
             total = self._sum(parts)
-            if total.planned >= 0 and (total.batches_left() <= NEAR_END_BATCHES
-                                       or total.planned - total.batches_sent <= NEAR_END_BATCHES):
+            if (total.planned < 0 or total.tags_planned == -2 or total.batches_left() <= NEAR_END_BATCHES
+                    or total.planned - total.batches_sent <= NEAR_END_BATCHES):
                 total, _ = self.get_tally(batch.run_id)
             return total
         raise ConcurrencyError(f"The tally of run {batch.run_id} changed {attempts} times while being updated.")

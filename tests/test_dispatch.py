@@ -16,9 +16,11 @@ from test_uploader import as_message, plan_handler, receive, report_rows, segmen
 
 @pytest.fixture
 def small_dispatch(monkeypatch):
-    """Dispatch from 5 messages on, 5 lines a dispatch message: a few hundred rows take the large-run path."""
+    """Dispatch from 5 messages on, 5 lines a dispatch message, and spool blocks of 20 kB (staged while
+    the segment is read, several at once): a few hundred rows take the large-run path."""
     monkeypatch.setattr(planner, "DIRECT_ENQUEUE_LINES", 5)
     monkeypatch.setattr(planner, "DISPATCH_LINES", 5)
+    monkeypatch.setattr(planner, "SPOOL_BLOCK_BYTES", 20_000)
 
 
 def drain(services, handle) -> list[dict]:
@@ -45,10 +47,13 @@ def test_a_large_plan_is_enqueued_as_dispatch_messages_that_fan_out_every_batch_
     plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))
 
     queued = services.storage.queue_client(config.QUEUE_BATCHES)
-    dispatches = [json.loads(m.content) for m in queued.peek_messages(max_messages=32)]
+    # enqueued from several threads: in no particular order
+    dispatches = sorted((json.loads(m.content) for m in queued.peek_messages(max_messages=32)), key=lambda d: d["first"])
     assert [(d["type"], d["first"], d["lines"]) for d in dispatches] == [
         ("dispatch", 1, 5), ("dispatch", 6, 5), ("dispatch", 11, 2)]
     assert spool_exists(services, run_id)
+    blocks = services.storage.spool_blob(run_id).get_block_list("committed")[0]
+    assert len(blocks) >= 6  # staged a block at a time, in order
     lines = services.storage.read_spool(run_id, 0, dispatches[-1]["end"])
     assert [json.loads(line)["batch"] for line in lines] == list(range(1, 13))
 
