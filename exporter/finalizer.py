@@ -13,7 +13,7 @@ import json
 
 from .domain import BatchStatus, Run, Tally
 from .logs import get_logger
-from .membership import StateHeader, Upserts, member_key, merge
+from .membership import KeySet, StateHeader, Upserts, member_key, merge
 from .services import Services
 
 log = get_logger(__name__)
@@ -57,11 +57,20 @@ def plan_tags(svc: Services, run_id: str) -> None:
         return
     export = svc.storage.get_export(run.export_id)
     tag = export.effective_tag if export else None
-    number = 0
+    # a run whose failed batches were retried was tagged before: tag only the contacts confirmed since,
+    # numbering on from the tag batches it has
+    number, tagged = 0, KeySet()
+    for batch in svc.storage.list_batches(run_id, kind="tags"):
+        number = max(number, batch.number)
+        if batch.status is BatchStatus.FINISHED:
+            for email in (batch.payload or {}).get("emails", []):
+                tagged.add(member_key(email))
     if tag is not None and not run.status.is_final:
         head = {"type": "tags", "runId": run.id, "exportId": run.export_id, "connectionId": run.connection_id, "tag": tag}
         emails: list[str] = []
         for email, _ in _confirmed(svc, run_id):
+            if number and member_key(email) in tagged:
+                continue
             emails.append(email)
             if len(emails) == TAG_BATCH:
                 number += 1

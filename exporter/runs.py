@@ -265,6 +265,12 @@ def retry_failed_batches(svc: Services, run_id: str) -> tuple[Run, int]:
         r.counts_final = False
 
     svc.storage.update_run(run_id, reopen)
+
+    def tag_again(t: Tally) -> None:  # the contacts the retry confirms need their tag too
+        if t.tags_planned >= 0:
+            t.tags_planned = -1
+
+    svc.storage.update_tally(run_id, tag_again)
     for payload in payloads:
         svc.storage.send_batch_message(json.dumps({"type": "send", **payload}, separators=(",", ":")))
     log.info("retrying %d failed batches", len(payloads), extra={"run_id": run_id, "export_id": run.export_id})

@@ -106,8 +106,37 @@ def test_retry_sends_the_failed_batches_again(services, workers, sandbox, segmen
     assert again["status"] == "succeeded" and c["confirmed"] == 80 and c["failed"] == 0 and c["failedByReason"] == {}
     assert c["sent"] == 80 and c["batchesSent"] == c["batchesDone"] == c["batches"] == 1
     assert len(sandbox.contacts("brand-test")) == 80
+    assert c["tagged"] == 80 and all("Seg" in x["tags"] for x in sandbox.contacts("brand-test"))
     status, body, _ = call("run_retry", "POST", "", route_params={"id": run_id})
     assert status == 202 and body["batchesResent"] == 0  # nothing left to retry
+
+
+def test_a_retry_tags_the_contacts_it_confirms_and_only_those(services, workers, sandbox, segment_container,
+                                                             monkeypatch):
+    from apphelpers import call
+
+    monkeypatch.setattr(uploader, "_backoff", lambda attempt, **kw: 0.1)
+    # two batches share 11 forced 503s: exactly one of them meets its sixth and is given up
+    sandbox.faults.force_status(503, count=2 * uploader.MAX_SEND_ATTEMPTS - 1, route="POST /batches")
+    run_id = queued_run(services, segment_container, rows=180)
+    first = wait_for_run(run_id)
+    c = first["counts"]
+    assert first["status"] == "partiallySucceeded" and c["failed"] in (80, 100)
+    assert c["tagged"] == c["confirmed"] == 180 - c["failed"]
+    tag_calls = sandbox.stats("brand-test")["byPath"]["POST /contacts/tags"]
+
+    assert call("run_retry", "POST", "", route_params={"id": run_id})[1]["batchesResent"] == 1
+    again = wait_for_run(run_id)
+    c = again["counts"]
+    assert again["status"] == "succeeded" and c["confirmed"] == c["tagged"] == 180 and c["failed"] == 0
+    assert sandbox.stats("brand-test")["byPath"]["POST /contacts/tags"] == tag_calls + 1  # the newly confirmed only
+    contacts = sandbox.contacts("brand-test")
+    assert len(contacts) == 180 and all("Seg" in x["tags"] for x in contacts)
+    members = services.states.load(again["exportId"])
+    try:
+        assert members.header.run_id == run_id and len(members.keys) == 180
+    finally:
+        members.close()
 
 
 def test_health_reports_a_missing_timer_and_stuck_runs(services, sandbox, segment_container):
