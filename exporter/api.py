@@ -467,6 +467,7 @@ def cancel_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     cancelled = []
 
     def mutate(r: Run):
+        cancelled.clear()  # called again when another writer got in first: only the last call counts
         if r.status.is_final:
             return False
         r.status = RunStatus.CANCELLED

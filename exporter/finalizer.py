@@ -26,6 +26,7 @@ def request_tags(svc: Services, run_id: str) -> None:
     won = []
 
     def mark(t: Tally) -> None:
+        won.clear()  # called again when another writer got in first: only the last call counts
         if t.tags_planned == -1:
             t.tags_planned = -2
             won.append(True)

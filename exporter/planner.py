@@ -134,6 +134,7 @@ def _begin(svc: Services, run_id: str, redelivered: bool) -> tuple[Run, bool]:
     claimed = []
 
     def mutate(run: Run):
+        claimed.clear()  # called again when another writer got in first: only the last call counts
         if not (run.status is RunStatus.QUEUED or (redelivered and run.status is RunStatus.PLANNING)):
             return False
         run.status = RunStatus.PLANNING

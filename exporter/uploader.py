@@ -147,7 +147,10 @@ def _dispatch_failed(svc: Services, msg: dict, reason: str, detail: str) -> None
                                     "run's counts cannot add up.")
         return
     for line in lines:
-        _give_up_any(svc, json.loads(line), reason, detail)
+        batch = json.loads(line)
+        kind = "contacts" if batch["type"] == "send" else batch["type"]
+        if svc.storage.get_batch(batch["runId"], batch["batch"], kind) is None:  # else its message got out
+            _give_up_any(svc, batch, reason, detail)
 
 
 # --- send ---------------------------------------------------------------------------------------

@@ -86,3 +86,28 @@ def test_the_head_keeps_what_was_planned_and_counts_added_there_add_up(services,
     assert st.commit_batch(batch, etag, uncount) is not None
     total, _ = st.get_tally(run_id)
     assert (total.batches_done, total.confirmed, total.failed) == (0, 0, 20)
+
+
+def test_tags_are_requested_once_however_many_workers_see_the_run_complete_at_once(services, unique):
+    """A mutate function runs again when another writer got in first; only its last run may decide."""
+    from exporter import config, finalizer
+
+    queue = services.storage.queue_client(config.QUEUE_RUNS)
+    queue.clear_messages()
+    for attempt in range(4):
+        run_id = f"tags{unique}{attempt}"
+        services.storage.update_tally(run_id, lambda t: setattr(t, "planned", 0))
+        start = threading.Barrier(8)
+
+        def worker():
+            start.wait()
+            finalizer.request_tags(services, run_id)
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert services.storage.get_tally(run_id)[0].tags_planned == -2
+    sent = [m.content for m in queue.receive_messages(messages_per_page=32, visibility_timeout=5)]
+    assert len(sent) == 4  # one request per run
