@@ -56,9 +56,9 @@ class ApiClient:
 
     def wait_for_run(self, run_id: str, progress=None, poll: float = 0.5, timeout: float = 3600,
                      stall_polls: int = 3) -> dict:
-        """Poll until the run ended and every batch is accounted for. A run that ended while no batch
-        moves any more for ``stall_polls`` polls (e.g. one that failed while planning, before sending
-        anything) is returned as it is."""
+        """Poll until the run ended and its counts are final (``countsFinal``). A run that ended while
+        its counts stay the same for ``stall_polls`` polls is returned as it is (a server without
+        ``countsFinal``, or a run whose last batches are stuck)."""
         deadline = time.monotonic() + timeout
         last, unchanged = None, 0
         while True:
@@ -66,7 +66,7 @@ class ApiClient:
             if progress:
                 progress(run)
             c = run["counts"]
-            if run["status"] in FINAL and c["batchesDone"] >= c["batches"]:
+            if run["status"] in FINAL and run.get("countsFinal", c["batchesDone"] >= c["batches"]):
                 return run
             unchanged = unchanged + 1 if c == last else 0
             last = c
