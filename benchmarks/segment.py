@@ -21,7 +21,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from devtools import azurite
-from devtools.sample_segment import generate_profiles, write_segment_refresh
+from devtools.sample_segment import CountedProfiles, generate_profiles, write_segment_refresh
 
 CONTAINER = "benchmarks"
 FOLDER = "customer-insights"
@@ -32,24 +32,6 @@ DUPLICATE_SHARE = 0.005
 CHURN = 0.01
 MAPPING = {"email": "PrimaryEmail", "firstName": "FirstName", "lastName": "LastName", "address": "StreetAddress",
            "city": "City", "state": "State", "postalCode": "PostCode", "country": "Country"}
-
-
-class _Counted(Iterator[dict]):
-    """An iterator with a length hint, so the writer can split it into equal partitions."""
-
-    def __init__(self, gen: Iterator[dict], count: int):
-        self._gen, self._left = gen, count
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        item = next(self._gen)
-        self._left -= 1
-        return item
-
-    def __length_hint__(self) -> int:
-        return max(self._left, 0)
 
 
 def churn_count(rows: int) -> int:
@@ -68,7 +50,7 @@ def base_profiles(rows: int) -> Iterator[dict]:
                 return
             yield p
 
-    return _Counted(gen(), rows)
+    return CountedProfiles(gen(), rows)
 
 
 def churned_profiles(rows: int) -> Iterator[dict]:
@@ -82,7 +64,7 @@ def churned_profiles(rows: int) -> Iterator[dict]:
                 p["LastName"] += "-Married"  # changed a field
             yield p  # i >= rows: new members
 
-    return _Counted(gen(), rows)
+    return CountedProfiles(gen(), rows)
 
 
 def container() -> ContainerClient:
@@ -113,3 +95,10 @@ def write(segment: str, rows: int, churned: bool, minutes_ago: int) -> Written:
                                   partitions=PARTITIONS)
     size = sum(c.get_blob_client(n).get_blob_properties().size for n in names)
     return Written(segment, rows, time.perf_counter() - t0, names, size)
+
+
+def delete(segment: str) -> None:
+    """Remove every refresh of a benchmark segment (they would linger in Azurite)."""
+    c = container()
+    for blob in c.list_blobs(name_starts_with=f"{FOLDER}/{segment}/"):
+        c.delete_blob(blob.name)

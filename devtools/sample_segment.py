@@ -126,8 +126,9 @@ _CUM_WEIGHTS = tuple(itertools.accumulate(_COUNTRY_WEIGHTS))
 _SLUGS = {name: _slug(name) for name in FIRST_NAMES + QUOTED_FIRST_NAMES + LAST_NAMES + COMMA_LAST_NAMES}
 
 
-class _Profiles(Iterator[dict]):
-    """An iterator that knows how many items are left (``operator.length_hint``)."""
+class CountedProfiles(Iterator[dict]):
+    """An iterator that knows how many items are left (``operator.length_hint``), so a writer can split
+    it into equal partitions without holding it."""
 
     def __init__(self, gen: Iterator[dict], count: int):
         self._gen = gen
@@ -157,7 +158,7 @@ def generate_profiles(
         raise ValueError("count must not be negative")
     if not (0 <= invalid_share <= 1 and 0 <= duplicate_share <= 1):
         raise ValueError("shares must be between 0 and 1")
-    return _Profiles(_profiles(count, seed, invalid_share, duplicate_share), count)
+    return CountedProfiles(_profiles(count, seed, invalid_share, duplicate_share), count)
 
 
 def _profiles(count: int, seed: int, invalid_share: float, duplicate_share: float) -> Iterator[dict[str, str]]:
