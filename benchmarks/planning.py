@@ -132,31 +132,30 @@ def bench_size(svc: Services, rows: int, profile_dir: str | None = None, log=pri
     first, again = _export(svc, segment), _export(svc, segment)
     results = []
 
-    run = start_run(svc, first, "benchmark")
-    _clear_queues(svc)
-    prof = os.path.join(profile_dir, f"plan-first-{rows}.prof") if profile_dir else None
-    r = _plan_in_subprocess(run.id, prof)
-    _clear_queues(svc)
-    svc.storage.delete_spool(run.id)
-    results.append(PlanResult(rows, "first run", r["wall"], r["enqueue"], r["state_load"], r["cpu"],
-                              r["rss_before_mb"], r["peak_rss_mb"], r["counts"], r["status"], written.seconds, loadavg(), r["enqueue_cpu"]))
+    results.append(_measure(svc, first, rows, "first run", written.seconds, profile_dir, "plan-first"))
     log(f"  first run: {_line(results[-1])}")
 
     t = time.perf_counter()
     members = write_state_of_refresh(svc, again)
     log(f"  state of {members:,} members written in {time.perf_counter() - t:.1f}s (setup)")
     written = seg.write(segment, rows, churned=True, minutes_ago=20)
-    run = start_run(svc, again, "benchmark")
-    _clear_queues(svc)
-    prof = os.path.join(profile_dir, f"plan-rerun-{rows}.prof") if profile_dir else None
-    r = _plan_in_subprocess(run.id, prof)
-    _clear_queues(svc)
-    svc.storage.delete_spool(run.id)
-    results.append(PlanResult(rows, "re-run", r["wall"], r["enqueue"], r["state_load"], r["cpu"],
-                              r["rss_before_mb"], r["peak_rss_mb"], r["counts"], r["status"], written.seconds, loadavg(), r["enqueue_cpu"]))
+    results.append(_measure(svc, again, rows, "re-run", written.seconds, profile_dir, "plan-rerun"))
     log(f"  re-run:    {_line(results[-1])}")
     _cleanup(svc, segment, (first, again))
     return results
+
+
+def _measure(svc: Services, export: Export, rows: int, kind: str, write_seconds: float, profile_dir: str | None,
+             profile_name: str) -> PlanResult:
+    """Plan one run of ``export`` in a fresh process; its messages and spool are removed afterwards."""
+    run = start_run(svc, export, "benchmark")
+    _clear_queues(svc)
+    prof = os.path.join(profile_dir, f"{profile_name}-{rows}.prof") if profile_dir else None
+    r = _plan_in_subprocess(run.id, prof)
+    _clear_queues(svc)
+    svc.storage.delete_spool(run.id)
+    return PlanResult(rows, kind, r["wall"], r["enqueue"], r["state_load"], r["cpu"], r["rss_before_mb"],
+                      r["peak_rss_mb"], r["counts"], r["status"], write_seconds, loadavg(), r["enqueue_cpu"])
 
 
 def _cleanup(svc: Services, segment: str, exports: tuple[Export, ...]) -> None:
@@ -165,9 +164,7 @@ def _cleanup(svc: Services, segment: str, exports: tuple[Export, ...]) -> None:
         svc.states.delete(export.id)
         svc.storage.delete_export(export.id)
         svc.storage.delete_connection(export.connection_id)
-    c = seg.container()
-    for blob in c.list_blobs(name_starts_with=f"{seg.FOLDER}/{segment}/"):
-        c.delete_blob(blob.name)
+    seg.delete(segment)
 
 
 def _line(r: PlanResult) -> str:

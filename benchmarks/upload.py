@@ -274,9 +274,7 @@ def scenario(limits: Limits, rows: int, incremental: bool, log=print, timeout: f
         if app is not None:
             app.stop()
         sandbox.stop()
-        c = seg.container()
-        for blob in c.list_blobs(name_starts_with=f"{seg.FOLDER}/{segment}/"):
-            c.delete_blob(blob.name)
+        seg.delete(segment)
 
 
 def _line(r: RunResult) -> str:
