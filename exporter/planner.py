@@ -429,7 +429,8 @@ class Spool:
             self._error = self._error or e
 
     def messages(self):
-        """The messages from the first, as text (the file is left at its end)."""
+        """The messages from the first, as text, read back from the local file (also for the report of a
+        run that ends before sending); the file is left at its end."""
         self._file.flush()
         self._file.seek(0)
         for line in self._file:
@@ -447,16 +448,6 @@ class Spool:
         ends = self._group_starts[1:] + [self.offset]
         return [{**self._head, "first": i * DISPATCH_LINES + 1, "lines": min(DISPATCH_LINES, self.lines - i * DISPATCH_LINES),
                  "start": start, "end": end} for i, (start, end) in enumerate(zip(self._group_starts, ends))]
-
-    # the local file, for the report of a run that ends before sending
-    def flush(self) -> None:
-        self._file.flush()
-
-    def seek(self, position: int) -> None:
-        self._file.seek(position)
-
-    def __iter__(self):
-        return iter(self._file)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -548,15 +539,13 @@ def _note_empty_refresh(svc: Services, run_id: str, refresh, left: int) -> None:
     log.warning("refresh %s has no rows; %d members left", refresh.folder, left)
 
 
-def _report_unsent(report: ReportWriter, spool, reason: str, detail: str) -> None:
+def _report_unsent(report: ReportWriter, spool: Spool, reason: str, detail: str) -> None:
     """List every contact of the spooled send batches in the report as not sent, one row each (so the
     report has as many rows with ``reason`` as the run counts failed with it).
 
-    Streams the spool from its start, one message (line) at a time, and leaves it at its end.
+    Streams the spool from its start, one message (line) at a time.
     """
-    spool.flush()
-    spool.seek(0)
-    for line in spool:
+    for line in spool.messages():
         message = json.loads(line)
         if message["type"] != "send":
             continue  # tag removals of leavers: no contact of this run's rows
@@ -565,7 +554,7 @@ def _report_unsent(report: ReportWriter, spool, reason: str, detail: str) -> Non
             report.add("planning", parts[part], row, contact["identifiers"][0]["id"], reason, detail)
 
 
-def _report_spool(svc: Services, run_id: str, spool, reason: str, detail: str) -> None:
+def _report_spool(svc: Services, run_id: str, spool: Spool, reason: str, detail: str) -> None:
     """The run's report lists the spooled contacts, which will not be sent, before the run ends."""
     report = svc.storage.open_report(run_id)
     try:
