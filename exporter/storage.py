@@ -497,11 +497,10 @@ class Storage:
                   "tagsDone": t.tags_done, "tagged": t.tagged, "untagged": t.untagged, "tagFailures": t.tag_failures}
         return {"PartitionKey": run_id, "RowKey": key, "Planned": t.planned, "Counts": json.dumps(counts)}
 
-    @staticmethod
-    def _shard_key(batch: Batch) -> str:
-        return f"{TALLY_KEY}~{(batch.number * 3 + Storage._PREFIX_ORDER[batch.kind]) % TALLY_SHARDS:02d}"
-
-    _PREFIX_ORDER = {"contacts": 0, "tags": 1, "untags": 2}
+    @classmethod
+    def _shard_key(cls, batch: Batch) -> str:
+        """The shard a batch counts into: always the same one (a retry takes its counts out of it)."""
+        return f"{TALLY_KEY}~{zlib.crc32(cls._batch_key(batch.number, batch.kind).encode()) % TALLY_SHARDS:02d}"
 
     def _tally_parts(self, run_id: str) -> dict[str, tuple[Tally, str]]:
         """Every part of the run's tally by row key, with its ETag: one query."""
