@@ -33,7 +33,7 @@ def pacer_cap(limit: int, window_seconds: float) -> float:
 
 TARGET_SHARE_NOTE = (
     f"The app's pacer (exporter/ratelimit.py) aims at {TARGET_SHARE:.0%} of the limit over the window plus "
-    f"a margin ({WINDOW_MARGIN}s for a 60 s window, scaled with shorter ones), so it can reach at most the "
+    f"a margin of {WINDOW_MARGIN}s (for the delay between a reserved slot and the request's arrival), so it can reach at most the "
     f"'pacer's cap' share: {100 * pacer_cap(400, 60) / 400:.1f}% with a 60 s window, "
     f"{100 * pacer_cap(400, 6) / 400:.1f}% with a 6 s window."
 )
