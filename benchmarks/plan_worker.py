@@ -3,7 +3,8 @@
     python -m benchmarks.plan_worker RUN_ID [--profile FILE]
 
 Run by ``benchmarks.planning`` in a fresh process per measurement, so that the peak RSS (VmHWM) is
-the planner's alone. Time spent enqueueing the spooled batches and loading the membership state is
+the planner's alone (plus the segment reader process it may start, reported on its own; its CPU is
+added to the planner's). Time spent enqueueing the spooled batches and loading the membership state is
 measured separately by wrapping those two functions (they are called once per run).
 """
 
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         ru = resource.getrusage(resource.RUSAGE_SELF)  # all threads of the process
         return ru.ru_utime + ru.ru_stime
 
+    def children_cpu() -> float:  # the segment reader process, once it has ended
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime
+
     def timed(name, fn):
         def wrapper(*a, **kw):
             t, c = time.perf_counter(), cpu()
@@ -51,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rss_before = vm_rss_mb()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    children0 = children_cpu()
     t0 = time.perf_counter()
     if args.profile:
         import cProfile
@@ -67,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         "enqueue": spent["enqueue"],
         "state_load": spent["state_load"],
         "enqueue_cpu": spent["enqueue_cpu"],
-        "cpu": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+        "cpu": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime) + children_cpu() - children0,
         "rss_before_mb": rss_before,
         "peak_rss_mb": vm_hwm_mb(),
+        "reader_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "maxrss_mb": ru1.ru_maxrss / 1024,
         "status": run.status.value if run else None,
         "error": run.error if run else None,

@@ -46,6 +46,7 @@ class PlanResult:
     write_seconds: float = 0.0
     loadavg: str = ""
     enqueue_cpu: float = 0.0  # CPU seconds of this process while enqueueing (the storage client's share)
+    reader_peak_rss_mb: float = 0.0  # the segment reader process (exporter/prepared_rows.py), when one ran
 
     @property
     def rows_per_s(self) -> float:
@@ -155,7 +156,8 @@ def _measure(svc: Services, export: Export, rows: int, kind: str, write_seconds:
     _clear_queues(svc)
     svc.storage.delete_spool(run.id)
     return PlanResult(rows, kind, r["wall"], r["enqueue"], r["state_load"], r["cpu"], r["rss_before_mb"],
-                      r["peak_rss_mb"], r["counts"], r["status"], write_seconds, loadavg(), r["enqueue_cpu"])
+                      r["peak_rss_mb"], r["counts"], r["status"], write_seconds, loadavg(), r["enqueue_cpu"],
+                      r.get("reader_peak_rss_mb", 0.0))
 
 
 def _cleanup(svc: Services, segment: str, exports: tuple[Export, ...]) -> None:
@@ -169,6 +171,7 @@ def _cleanup(svc: Services, segment: str, exports: tuple[Export, ...]) -> None:
 
 def _line(r: PlanResult) -> str:
     c = r.counts
-    return (f"{r.rows_per_s:,.0f} rows/s ({r.wall:.1f}s, enqueue {r.enqueue:.1f}s), peak RSS {r.peak_rss_mb:.0f} MB; "
+    return (f"{r.rows_per_s:,.0f} rows/s ({r.wall:.1f}s, enqueue {r.enqueue:.1f}s), peak RSS {r.peak_rss_mb:.0f} MB"
+            f"{f' + reader {r.reader_peak_rss_mb:.0f} MB' if r.reader_peak_rss_mb else ''}; "
             f"read {c['read']:,} rejected {c['rejected']:,} duplicates {c['duplicates']:,} queued {c['queued']:,} "
             f"skipped {c['skipped']:,} left {c['left']:,} batches {c['batches']:,}")

@@ -28,13 +28,14 @@ def planning_table(results: list[PlanResult]) -> str:
         rows.append([
             _n(r.rows), r.kind, f"{r.wall:.1f}", _n(r.rows_per_s), f"{r.enqueue:.1f}", _n(r.rows_per_s_without_enqueue),
             _n(r.rows / (r.cpu - r.enqueue_cpu) if r.cpu > r.enqueue_cpu else 0),
-            f"{1000 * r.enqueue_cpu / max(batches, 1):.1f}", f"{r.peak_rss_mb:.0f}", f"{r.rss_before_mb:.0f}",
+            f"{1000 * r.enqueue_cpu / max(batches, 1):.1f}", f"{r.peak_rss_mb:.0f}", f"{r.reader_peak_rss_mb:.0f}" if r.reader_peak_rss_mb else "-",
+            f"{r.peak_rss_mb + r.reader_peak_rss_mb:.0f}", f"{r.rss_before_mb:.0f}",
             f"{c['rejected']:,}/{c['duplicates']:,}/{c['queued']:,}/{c['skipped']:,}/{c['left']:,}",
             _n(batches), _n(messages), "yes" if r.balanced else "NO", r.loadavg,
         ])
     return table(["rows", "run", "wall s", "rows/s", "hand-off s", "rows/s without hand-off",
                   "rows per CPU-s without hand-off", "hand-off CPU ms per batch",
-                  "peak RSS MB", "RSS at start MB", "rejected/dup/queued/skipped/left", "batches",
+                  "peak RSS MB", "reader process peak RSS MB", "peak RSS MB, both", "RSS at start MB", "rejected/dup/queued/skipped/left", "batches",
                   "queue messages", "adds up", "load avg"], rows)
 
 

@@ -43,6 +43,7 @@ SETTING_NAMES = (
     "OMNISEND_TAGS_RATE_LIMIT",
     "OMNISEND_RATE_WINDOW_SECONDS",
     "BATCH_CHECK_DELAY_SECONDS",
+    "PLANNER_READER_PROCESS",
     "EXPORTER_DEV_MODE",
     "WEBSITE_AUTH_ENABLED",  # set by the platform when App Service Authentication is on; never by us
 )
@@ -72,6 +73,7 @@ class Settings:
     omnisend_tags_rate_limit: int  # tags endpoints (Omnisend: 60 a minute)
     omnisend_rate_window_seconds: int
     batch_check_delay_seconds: int
+    planner_reader_process: str  # "auto", "on" or "off": read and map a large segment in a second process
     dev_mode: bool
     running_in_azure: bool
     platform_auth_enabled: bool  # App Service Authentication validates callers and sets X-MS-CLIENT-PRINCIPAL
@@ -112,6 +114,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         timeout = float(timeout_raw)
     except ValueError:
         raise ConfigurationError(f"Setting OMNISEND_TIMEOUT_SECONDS must be a number, got {timeout_raw!r}.") from None
+    reader = (env.get("PLANNER_READER_PROCESS") or "auto").strip().lower()
+    if reader not in ("auto", "on", "off"):
+        raise ConfigurationError(f"Setting PLANNER_READER_PROCESS must be auto, on or off, got {reader!r}.")
     return Settings(
         storage_connection_string=conn,
         blob_service_uri=blob_uri,
@@ -129,6 +134,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         omnisend_tags_rate_limit=_int(env, "OMNISEND_TAGS_RATE_LIMIT", 60, minimum=1),
         omnisend_rate_window_seconds=_int(env, "OMNISEND_RATE_WINDOW_SECONDS", 60, minimum=1),
         batch_check_delay_seconds=_int(env, "BATCH_CHECK_DELAY_SECONDS", 2),
+        planner_reader_process=reader,
         dev_mode=dev_mode,
         running_in_azure=running_in_azure,
         platform_auth_enabled=env.get("WEBSITE_AUTH_ENABLED", "").lower() == "true",

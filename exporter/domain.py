@@ -301,6 +301,7 @@ class Refresh:
     fingerprint: str  # stable digest of the partition names and ETags; equal means the same data
     partitions: tuple[str, ...]  # blob names, in partition order
     last_modified: datetime  # newest blob in the folder
+    size: int = 0  # bytes of the partition blobs as stored (compressed, for .csv.gz)
 
 
 @dataclass

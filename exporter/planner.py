@@ -23,14 +23,13 @@ from .logs import get_logger, log_context
 from .mapping import (
     REASON_CONTACT_TOO_LARGE,
     REASON_DUPLICATE,
-    REASON_MALFORMED_ROW,
-    REASON_NOT_UTF8,
     ContactMapper,
     ContactOptions,
     MappingError,
     Rejection,
 )
-from .membership import KeySet, fingerprint, member_key
+from .membership import KeySet
+from .prepared_rows import prepared_rows
 from .runs import conclude, settle
 from .services import Services
 from .storage import ReportWriter
@@ -233,29 +232,19 @@ def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper,
     with Spool(svc, run) as spool:
         builder = BatchBuilder(run, spool)
         # bound once: this loop runs for every row of the segment
-        map_json, add, fits_alone, remember = mapper.map_json, builder.add, builder.fits_alone, seen.add
+        add, fits_alone, remember = builder.add, builder.fits_alone, seen.add
         find = state.find if state is not None else None
+        source = prepared_rows(svc.settings, container, refresh, schema, mapper, refreshed_at)
         try:
-            for partition, number, fields, error in segments.read_rows(container, refresh, schema):
+            for key, partition, number, email, fp, text in source:
                 counts.read += 1
-                if error is not None:
-                    reason = REASON_NOT_UTF8 if error == REASON_NOT_UTF8 else REASON_MALFORMED_ROW
-                    _reject(report, counts, partition, number, mapper.email_of(fields) if reason != REASON_NOT_UTF8 else "",
-                            Rejection(reason, error))
+                if key is None:  # fp and text hold the reason and the detail
+                    _reject(report, counts, partition, number, email, Rejection(fp, text))
                     continue
-                # the contact's JSON text, as sent, and the text its fingerprint is taken of (they differ
-                # only for mapped consent without a date, which is dated with the refresh's time)
-                mapped = map_json(fields, refreshed_at)
-                if isinstance(mapped, Rejection):
-                    _reject(report, counts, partition, number, mapper.email_of(fields), mapped)
-                    continue
-                email, fp_text, text = mapped
-                key = member_key(email)
                 if key in seen:
                     counts.duplicates += 1
                     report.add("planning", partition, number, email, REASON_DUPLICATE, "an earlier row has the same email")
                     continue
-                fp = fingerprint(fp_text)
                 if find is not None:
                     i = find(key)
                     if i >= 0:
@@ -279,6 +268,7 @@ def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper,
             report.close()
             return _abandon(svc, run.id, counts, refresh, REASON_NOT_SENT_UNREADABLE, f"{e} Nothing was sent.")
         finally:
+            source.close()  # stops a reader process still running (planning ended early)
             seen.clear()
         report.close()
         counts.queued = builder.contacts

@@ -155,7 +155,7 @@ def find_latest_refresh(container: ContainerClient, folder: str, segment: str) -
     folder_re = re.compile(re.escape(prefix) + _TIME_FOLDER)
     partition_re = re.compile(r"(?s)" + re.escape(segment) + r"_(\d+)\.(?i:csv(?:\.gz)?)\Z")
     newest: dict[str, datetime] = {}
-    parts: dict[str, list[tuple[int, str, str]]] = {}
+    parts: dict[str, list[tuple[int, str, str, int]]] = {}
     try:
         for blob in container.list_blobs(name_starts_with=prefix):
             m = folder_re.match(blob.name)
@@ -167,7 +167,7 @@ def find_latest_refresh(container: ContainerClient, folder: str, segment: str) -
                 newest[key] = lm
             p = partition_re.match(blob.name, m.end())
             if p:
-                parts.setdefault(key, []).append((int(p.group(1)), blob.name, blob.etag or ""))
+                parts.setdefault(key, []).append((int(p.group(1)), blob.name, blob.etag or "", blob.size or 0))
     except HttpResponseError as exc:
         mapped = _storage_error(container, exc, f"listing the refreshes of segment '{segment}'")
         if mapped is None:
@@ -178,13 +178,14 @@ def find_latest_refresh(container: ContainerClient, folder: str, segment: str) -
             continue
         entries = sorted(parts[key])
         digest = hashlib.sha256()
-        for name, etag in sorted((name, etag) for _, name, etag in entries):
+        for name, etag in sorted((name, etag) for _, name, etag, _ in entries):
             digest.update(name.encode("utf-8", "surrogatepass") + b"\x00" + etag.encode() + b"\n")
         return Refresh(
             folder=key,
             fingerprint=digest.hexdigest(),
-            partitions=tuple(name for _, name, _ in entries),
+            partitions=tuple(name for _, name, _, _ in entries),
             last_modified=_aware(newest[key]),
+            size=sum(size for *_, size in entries),
         )
     return None
 

@@ -94,6 +94,10 @@ param omnisendRateWindowSeconds int = 60
 @description('BATCH_CHECK_DELAY_SECONDS: delay before checking on a batch Omnisend accepted.')
 param batchCheckDelaySeconds int = 2
 
+@allowed(['auto', 'on', 'off'])
+@description('PLANNER_READER_PROCESS: read and map a large segment (16 MB or more) in a second process while planning.')
+param plannerReaderProcess string = 'auto'
+
 // ---------------------------------------------------------------------------------------------
 // Hosting (Flex Consumption)
 // ---------------------------------------------------------------------------------------------
@@ -236,6 +240,7 @@ module api 'app/api.bicep' = {
     omnisendTagsRateLimit: omnisendTagsRateLimit
     omnisendRateWindowSeconds: omnisendRateWindowSeconds
     batchCheckDelaySeconds: batchCheckDelaySeconds
+    plannerReaderProcess: plannerReaderProcess
     authClientId: authClientId
     authOpenIdIssuer: '${environment().authentication.loginEndpoint}${effectiveAuthTenantId}/v2.0'
     authAllowedAudiences: effectiveAllowedAudiences

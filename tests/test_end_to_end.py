@@ -6,6 +6,8 @@ import csv
 import io
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from apphelpers import (
     SAMPLE_MAPPING,
     call,
@@ -37,6 +39,12 @@ def expected_fields(p: dict) -> dict:
 def expected_contacts(profiles) -> dict[str, dict]:
     """What Omnisend should hold, by email key: the mapped fields of each email's first valid row."""
     return {key: expected_fields(p) for key, p in first_valid_rows(profiles).items()}
+
+
+@pytest.fixture(params=["off", "on"], ids=["one process", "reader process"])
+def app_env(app_env, request):
+    """The planner reads and maps the segment in its own process, or in a second one (large segments)."""
+    return {**app_env, "PLANNER_READER_PROCESS": request.param}
 
 
 def test_segment_of_5000_rows_lands_in_omnisend_exactly_as_mapped(services, workers, sandbox, segment_container):

@@ -33,6 +33,7 @@ param omnisendRateLimit int
 param omnisendTagsRateLimit int
 param omnisendRateWindowSeconds int
 param batchCheckDelaySeconds int
+param plannerReaderProcess string
 
 // Sign-in.
 param authClientId string
@@ -137,6 +138,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     OMNISEND_TAGS_RATE_LIMIT: string(omnisendTagsRateLimit)
     OMNISEND_RATE_WINDOW_SECONDS: string(omnisendRateWindowSeconds)
     BATCH_CHECK_DELAY_SECONDS: string(batchCheckDelaySeconds)
+    PLANNER_READER_PROCESS: plannerReaderProcess
   }
 }
 

@@ -1,0 +1,130 @@
+"""The planner's first stage: every row of a refresh read, mapped, keyed and fingerprinted, in order.
+
+Reading, parsing and mapping are about 40% of planning's CPU; deduplication, diffing and batching
+(the second stage, in the planner) need every earlier row and stay in one place. For a large segment
+the first stage runs in a second process, so the two stages overlap on a machine with two cores.
+The rows that come out, and their order, are the same either way.
+
+A prepared row is ``(key, partition, number, email, fp, text)``:
+- a contact: ``key`` is its member key, ``fp`` its fingerprint, ``text`` the JSON text to send;
+- a row rejected here (unreadable, or refused by the mapping): ``key`` is None, ``fp`` holds the
+  reason and ``text`` the detail for the report.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue as queue_module
+from collections.abc import Iterable, Iterator
+
+from . import segments
+from .config import Settings
+from .domain import Refresh
+from .mapping import REASON_MALFORMED_ROW, REASON_NOT_UTF8, ContactMapper, Rejection
+from .membership import fingerprint, member_key
+
+PROCESS_MIN_BYTES = 16 << 20  # smaller segments: starting a process (~1 s of imports) costs more than it saves
+CHUNK_ROWS = 2000  # rows per message between the processes
+QUEUE_CHUNKS = 16  # the reader is at most this many chunks ahead (bounded memory)
+POLL_SECONDS = 5.0
+
+
+class ReaderProcessError(RuntimeError):
+    """The segment reader process ended without finishing; planning is retried like any other failure."""
+
+
+def prepare(rows: Iterable[segments.SourceRow], mapper: ContactMapper, dated_at: str) -> Iterator[tuple]:
+    map_json = mapper.map_json
+    for partition, number, fields, error in rows:
+        if error is not None:
+            if error == REASON_NOT_UTF8:
+                yield None, partition, number, "", REASON_NOT_UTF8, error
+            else:
+                yield None, partition, number, mapper.email_of(fields), REASON_MALFORMED_ROW, error
+            continue
+        # the contact's JSON text, as sent, and the text its fingerprint is taken of (they differ only
+        # for mapped consent without a date, which is dated with the refresh's time)
+        mapped = map_json(fields, dated_at)
+        if type(mapped) is Rejection:
+            yield None, partition, number, mapper.email_of(fields), mapped.reason, mapped.detail
+            continue
+        email, fp_text, text = mapped
+        yield member_key(email), partition, number, email, fingerprint(fp_text), text
+
+
+def use_process(settings: Settings, refresh: Refresh) -> bool:
+    if settings.planner_reader_process != "auto":
+        return settings.planner_reader_process == "on"
+    return refresh.size >= PROCESS_MIN_BYTES and (os.cpu_count() or 1) >= 2
+
+
+def prepared_rows(settings: Settings, container, refresh: Refresh, schema: segments.SegmentSchema,
+                  mapper: ContactMapper, dated_at: str) -> Iterator[tuple]:
+    """The refresh's prepared rows. Raises SegmentSourceError (or a subclass) as ``read_rows`` does,
+    after the rows before the problem, wherever the rows were read."""
+    if not use_process(settings, refresh):
+        yield from prepare(segments.read_rows(container, refresh, schema), mapper, dated_at)
+        return
+    yield from _from_process(settings, container.container_name, refresh, schema, mapper, dated_at)
+
+
+def _from_process(settings, container_name, refresh, schema, mapper, dated_at) -> Iterator[tuple]:
+    # spawn, not fork: the planner runs among other threads (the host's, the local runner's), whose
+    # locks a forked child would inherit in whatever state they were
+    ctx = multiprocessing.get_context("spawn")
+    chunks = ctx.Queue(QUEUE_CHUNKS)
+    reader = ctx.Process(target=_reader_main, name="segment-reader", daemon=True,
+                         args=(settings, container_name, refresh, schema, mapper, dated_at, chunks))
+    reader.start()
+    try:
+        while True:
+            try:
+                item = chunks.get(timeout=POLL_SECONDS)
+            except queue_module.Empty:
+                if not reader.is_alive():
+                    raise ReaderProcessError(
+                        f"The segment reader process ended unexpectedly (exit code {reader.exitcode}) while "
+                        f"reading {refresh.folder}; the run's planning will be tried again."
+                    ) from None
+                continue
+            if type(item) is list:
+                yield from item
+                continue
+            kind, error_type, message = item
+            if kind == "done":
+                return
+            if kind == "source":
+                raise error_type(message)
+            raise ReaderProcessError(f"The segment reader process failed while reading {refresh.folder}: {message}")
+    finally:
+        if reader.is_alive():
+            reader.terminate()  # the consumer stopped early (an error here, or the run ended)
+        reader.join(POLL_SECONDS)
+        chunks.close()
+        chunks.cancel_join_thread()
+
+
+def _reader_main(settings, container_name, refresh, schema, mapper, dated_at, chunks) -> None:
+    from .storage import Storage
+
+    chunk: list[tuple] = []
+    try:
+        container = Storage(settings).segment_blobs.get_container_client(container_name)
+        for row in prepare(segments.read_rows(container, refresh, schema), mapper, dated_at):
+            chunk.append(row)
+            if len(chunk) >= CHUNK_ROWS:
+                chunks.put(chunk)
+                chunk = []
+        end = ("done", None, None)
+    except segments.SegmentSourceError as e:
+        end = ("source", type(e), str(e))  # after the rows read before it, as in one process
+    except BaseException as e:  # noqa: BLE001 - reported to the planner, which fails or retries the run
+        end = ("crash", None, f"{type(e).__name__}: {e}")
+    try:
+        if chunk:
+            chunks.put(chunk)
+        chunks.put(end)
+    finally:
+        chunks.close()
+        chunks.join_thread()  # everything put is flushed to the pipe before the process ends
