@@ -399,6 +399,11 @@ class Tally:
     tagged: int = 0
     untagged: int = 0
     tag_failures: int = 0
+    # tag waves (finalizer.py): contact batches' tags planned while the upload goes on
+    waves: int = 0  # waves of WAVE_BATCHES contact batches whose tag batches are planned
+    tags_numbered: int = 0  # tag batch numbers those waves used (1..tags_numbered)
+    wave_tick: int = 0  # ticks of the wave planner done; the next tick message carries wave_tick + 1
+    tag_retry: bool = False  # failed batches were sent again: tag what is confirmed and not tagged yet
     updated_at: datetime | None = None  # last change: how a stuck run is noticed
 
     @property
@@ -416,14 +421,15 @@ class Tally:
                 self.failed += n
                 self.failed_by_reason[reason] = self.failed_by_reason.get(reason, 0) + n
 
-    # counters that shards of a tally add up; the rest (planned, untags_planned, tags_planned) is the head's
+    # counters that shards of a tally add up; the rest (planned counts, the waves' cursor) is the head's
     COUNTERS = ("sent", "batches_sent", "confirmed", "failed", "batches_done", "untags_done", "tags_done",
                 "tagged", "untagged", "tag_failures")
 
     def plus(self, other: "Tally") -> "Tally":
         """This tally (the head, with the planned counts) with another shard's counters added."""
         total = Tally(planned=self.planned, untags_planned=self.untags_planned, tags_planned=self.tags_planned,
-                      failed_by_reason=dict(self.failed_by_reason), updated_at=self.updated_at)
+                      waves=self.waves, tags_numbered=self.tags_numbered, wave_tick=self.wave_tick,
+                      tag_retry=self.tag_retry, failed_by_reason=dict(self.failed_by_reason), updated_at=self.updated_at)
         for name in self.COUNTERS:
             setattr(total, name, getattr(self, name) + getattr(other, name))
         for reason, n in other.failed_by_reason.items():
@@ -436,7 +442,12 @@ class Tally:
     def batches_left(self) -> int:
         """Contact, untag and tag batches not counted yet (planned ones only)."""
         left = max(0, self.planned - self.batches_done) + max(0, self.untags_planned - self.untags_done)
-        return left + max(0, self.tags_planned - self.tags_done)
+        return left + max(0, (self.tags_planned if self.tags_planned >= 0 else self.tags_numbered) - self.tags_done)
+
+    @property
+    def wave_tags_in_flight(self) -> bool:
+        """Tag batches of waves not counted yet, before the run's last tag planning."""
+        return self.tags_planned < 0 and self.tags_done < self.tags_numbered
 
     def apply_to(self, counts: "RunCounts") -> None:
         counts.sent, counts.batches_sent = self.sent, self.batches_sent

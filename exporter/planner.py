@@ -30,6 +30,7 @@ from .mapping import (
 )
 from .membership import KeySet
 from .prepared_rows import prepared_rows
+from .finalizer import start_tag_waves
 from .runs import conclude, settle
 from .services import Services
 from .storage import ReportWriter
@@ -168,9 +169,13 @@ def _plan_claimed(svc: Services, run: Run) -> Run:
 def handle_poison_message(svc: Services, text: str) -> None:
     """A plan message the host gave up on: the run ends, visibly, instead of waiting forever."""
     try:
-        run_id = json.loads(text)["runId"]
+        body = json.loads(text)
+        run_id = body["runId"]
     except (ValueError, KeyError, TypeError):
         log.error("unreadable message in the poison queue dropped (%d characters)", len(text))
+        return
+    if body.get("type") == "tagwave":  # waves only speed tagging up: the run's last tag planning covers them
+        log.warning("a tag wave tick failed on every attempt; the run's tags are planned at its end", extra={"run_id": run_id})
         return
     run = svc.storage.get_run(run_id)
     if run is not None and not run.status.is_final:
@@ -300,6 +305,8 @@ def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper,
     if counts.read == 0:
         _note_empty_refresh(svc, run.id, refresh, counts.left)
     run = _record_planning(svc, run.id, counts, refresh, untags)
+    if export.effective_tag:
+        start_tag_waves(svc, run, counts.batches)
     log.info(
         "planned: %d read, %d rejected, %d duplicates, %d unchanged, %d contacts in %d batches, %d left the segment",
         counts.read, counts.rejected, counts.duplicates, counts.skipped, counts.queued, counts.batches, counts.left,

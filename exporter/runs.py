@@ -151,6 +151,8 @@ def settle(svc: Services, run_id: str, tally: Tally) -> Run | None:
         if not tally.tags_complete:
             return run
         write_state(svc, run)
+    elif tally.wave_tags_in_flight:
+        return run  # an ended run's counts are final once the tag batches its waves planned are counted
 
     def mutate(run: Run):
         if run.counts_final and run.status.is_final:
@@ -267,6 +269,7 @@ def retry_failed_batches(svc: Services, run_id: str) -> tuple[Run, int]:
     svc.storage.update_run(run_id, reopen)
 
     def tag_again(t: Tally) -> None:  # the contacts the retry confirms need their tag too
+        t.tag_retry = True  # and no more waves: what is left is tagged once the retry is counted
         if t.tags_planned >= 0:
             t.tags_planned = -1
 

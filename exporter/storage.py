@@ -457,6 +457,13 @@ class Storage:
             return None
         return self._batch(run_id, e), e.metadata["etag"]
 
+    def list_batch_range(self, run_id: str, first: int, last: int, kind: str = "contacts") -> Iterator[Batch]:
+        """Batches numbered ``first`` to ``last`` that have a record, in number order."""
+        query = "PartitionKey eq @p and RowKey ge @lo and RowKey le @hi"
+        for e in self.batches.query_entities(query, parameters={
+                "p": run_id, "lo": self._batch_key(first, kind), "hi": self._batch_key(last, kind)}):
+            yield self._batch(run_id, e)
+
     def list_batches(self, run_id: str, failed_only: bool = False, kind: str = "contacts") -> Iterator[Batch]:
         lo, hi = self._RANGE[kind]
         query = "PartitionKey eq @p and RowKey ge @lo and RowKey lt @hi" + (" and Failed gt 0" if failed_only else "")
@@ -480,6 +487,10 @@ class Storage:
             tagged=data.get("tagged", 0),
             untagged=data.get("untagged", 0),
             tag_failures=data.get("tagFailures", 0),
+            waves=data.get("waves", 0),
+            tags_numbered=data.get("tagsNumbered", 0),
+            wave_tick=data.get("waveTick", 0),
+            tag_retry=data.get("tagRetry", False),
             sent=data.get("sent", 0),
             batches_sent=data.get("batchesSent", 0),
             confirmed=data.get("confirmed", 0),
@@ -495,6 +506,8 @@ class Storage:
                   "failedByReason": t.failed_by_reason, "batchesDone": t.batches_done,
                   "untagsPlanned": t.untags_planned, "untagsDone": t.untags_done, "tagsPlanned": t.tags_planned,
                   "tagsDone": t.tags_done, "tagged": t.tagged, "untagged": t.untagged, "tagFailures": t.tag_failures}
+        if key == TALLY_KEY and (t.waves or t.tags_numbered or t.wave_tick or t.tag_retry):
+            counts.update(waves=t.waves, tagsNumbered=t.tags_numbered, waveTick=t.wave_tick, tagRetry=t.tag_retry)
         return {"PartitionKey": run_id, "RowKey": key, "Planned": t.planned, "Counts": json.dumps(counts)}
 
     @classmethod
@@ -597,8 +610,9 @@ class Storage:
         except ResourceNotFoundError:
             return 0
 
-    def send_run_message(self, body: dict) -> None:
-        self.run_queue.send_message(json.dumps(body, separators=(",", ":")))
+    def send_run_message(self, body: dict, delay_seconds: float = 0) -> None:
+        self.run_queue.send_message(json.dumps(body, separators=(",", ":")),
+                                    visibility_timeout=int(max(0, round(delay_seconds))) or None)
 
     def send_batch_message(self, text: str, delay_seconds: float = 0) -> None:
         self.batch_queue.send_message(text, visibility_timeout=int(max(0, round(delay_seconds))) or None)

@@ -359,7 +359,7 @@ class _Brand:
     window: deque = field(default_factory=deque)  # monotonic times of admitted requests
     tags_window: deque = field(default_factory=deque)
     stats: dict = field(default_factory=lambda: {
-        "requests": 0, "admitted": 0, "rateLimited": 0, "byPath": {}, "byStatus": {},
+        "requests": 0, "admitted": 0, "rateLimited": 0, "byPath": {}, "admittedByPath": {}, "byStatus": {},
         "welcomeMessagesSent": 0, "contactsCreated": 0, "contactsUpdated": 0,
         "batchesCreated": 0, "batchItemsProcessed": 0, "faultsInjected": 0,
     })
@@ -467,6 +467,7 @@ class OmnisendSandbox:
                 self._count_status(st, limited.status)
                 return limited
             st["admitted"] += 1
+            st["admittedByPath"][route_key] = st["admittedByPath"].get(route_key, 0) + 1
 
         action = self.faults.on_request(method, route_key) if self.faults else None
         if action and (action.status or action.drop_before):

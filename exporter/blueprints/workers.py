@@ -19,6 +19,9 @@ def plan_run(msg: func.QueueMessage) -> None:
     if body.get("type") == "tags":  # a run's contacts are counted: plan its membership tags
         with log_context(run_id=body["runId"]):
             finalizer.plan_tags(get_services(), body["runId"])
+    elif body.get("type") == "tagwave":  # a large run uploads: plan the tags of its counted batches
+        with log_context(run_id=body["runId"]):
+            finalizer.tag_wave_tick(get_services(), body["runId"], body["seq"])
     else:
         planner.plan_run(get_services(), body["runId"], redelivered=(msg.dequeue_count or 1) > 1)
 
