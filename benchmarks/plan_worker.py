@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from benchmarks.stack import vm_hwm_mb, vm_rss_mb
-    from exporter import membership, planner
+    from exporter import membership, planner, prepared_rows
     from exporter.config import load_settings
     from exporter.services import build_services
 
@@ -52,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         return wrapper
 
     planner._enqueue = timed("enqueue", planner._enqueue)
+    readers = []  # the segment reader process is started (or not) by prepared_rows._from_process
+    from_process = prepared_rows._from_process
+
+    def counted_reader(*a, **kw):
+        readers.append(True)
+        return from_process(*a, **kw)
+
+    prepared_rows._from_process = counted_reader
     membership.StateStore.load = timed("state_load", membership.StateStore.load)
 
     rss_before = vm_rss_mb()
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime) + children_cpu() - children0,
         "rss_before_mb": rss_before,
         "peak_rss_mb": vm_hwm_mb(),
-        "reader_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "reader_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if readers else 0.0,
         "maxrss_mb": ru1.ru_maxrss / 1024,
         "status": run.status.value if run else None,
         "error": run.error if run else None,

@@ -60,6 +60,8 @@ class _Pending:
     contacts: list[str]
     chars: int
     part_index: dict[str, int] = field(default_factory=dict)  # position of each of ``parts``
+    partition: str | None = None  # the last contact's partition, and its position in ``parts``
+    index: int = 0
 
 
 class BatchBuilder:
@@ -83,12 +85,24 @@ class BatchBuilder:
 
     def add(self, contact_json: str, partition: str, row: int, fp: int = 0) -> None:
         p = self._pending
+        extra = len(contact_json) + 38
+        if (p is None or partition != p.partition or len(p.contacts) >= MAX_BATCH_CONTACTS
+                or p.chars + extra > MAX_MESSAGE_CHARS):
+            p = self._make_room(partition, extra)
+        p.refs.append(f"[{p.index},{row}]")
+        p.fps.append(str(fp))
+        p.contacts.append(contact_json)
+        p.chars += extra
+
+    def _make_room(self, partition: str, extra: int) -> _Pending:
+        """The batch the next contact goes into (the current one, or a new one), with its partition listed."""
+        p = self._pending
         part_ref = self._part_refs.get(partition)
         if part_ref is None:
             part_ref = self._part_refs[partition] = json.dumps(partition)
         index = p.part_index.get(part_ref) if p is not None else None
-        extra = len(contact_json) + 38 + (0 if index is not None else len(part_ref) + 1)
-        if p is not None and (len(p.contacts) >= MAX_BATCH_CONTACTS or p.chars + extra > MAX_MESSAGE_CHARS):
+        listed = 0 if index is not None else len(part_ref) + 1
+        if p is not None and (len(p.contacts) >= MAX_BATCH_CONTACTS or p.chars + extra + listed > MAX_MESSAGE_CHARS):
             self.flush()
             p = None
         if p is None:
@@ -97,10 +111,9 @@ class BatchBuilder:
         if index is None:
             index = p.part_index[part_ref] = len(p.parts)
             p.parts.append(part_ref)
-        p.refs.append(f"[{index},{row}]")
-        p.fps.append(str(fp))
-        p.contacts.append(contact_json)
-        p.chars += extra
+            p.chars += len(part_ref) + 1
+        p.partition, p.index = partition, index
+        return p
 
     @property
     def pending(self) -> int:
