@@ -21,6 +21,7 @@ def small_dispatch(monkeypatch):
     monkeypatch.setattr(planner, "DIRECT_ENQUEUE_LINES", 5)
     monkeypatch.setattr(planner, "DISPATCH_LINES", 5)
     monkeypatch.setattr(planner, "SPOOL_BLOCK_BYTES", 20_000)
+    monkeypatch.setattr(planner, "DISPATCH_STAGGER_SECONDS", 0)
 
 
 def drain(services, handle) -> list[dict]:
@@ -73,6 +74,19 @@ def test_a_large_plan_is_enqueued_as_dispatch_messages_that_fan_out_every_batch_
     assert run["status"] == "succeeded" and c["confirmed"] == 1_150 == c["read"] and c["batchesDone"] == 12
     assert len(sandbox.contacts(TEST_BRAND)) == 1_150
     assert not spool_exists(services, run_id)  # the plan's copy of the contacts goes when the run ends
+
+
+def test_dispatch_messages_become_visible_one_after_another(small_dispatch, services, sandbox, segment_container,
+                                                            monkeypatch):
+    """Batches go out roughly in number order, so that tag waves (by batch number) can start early."""
+    monkeypatch.setattr(planner, "DISPATCH_STAGGER_SECONDS", 30)
+    segment(segment_container, 1_150)  # dispatch messages of 5, 5 and 2 batches
+    start_run(setup_export(segment_container)["id"])
+    plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))
+    queued = services.storage.queue_client(config.QUEUE_BATCHES)
+    visible = [json.loads(m.content) for m in queued.peek_messages(max_messages=32)]
+    assert [(d["type"], d["first"]) for d in visible] == [("dispatch", 1)]
+    assert services.storage.queue_length(config.QUEUE_BATCHES) == 3  # the other two wait 30 and 60 s
 
 
 def test_a_dispatch_message_that_fails_on_every_delivery_accounts_for_its_batches(
