@@ -80,7 +80,8 @@ def _plan_waves(svc: Services, run: Run, tag: str, tally: Tally, backlog: int | 
 
     A wave's tag batches are numbered on from the waves before it, so the same cursor gives the same
     numbers: planning a wave twice (a redelivered tick, a tick racing the last planning) enqueues
-    batches the uploader already knows by number, and nothing is tagged or counted twice. Stops at
+    batches the uploader knows by number, so nothing is counted twice (two copies handled at the
+    same moment can both call Omnisend: the same tag added again, a tags request spent). Stops at
     the first wave not complete, or while ``backlog`` tag batches wait to be sent (the tags budget
     is slow, and messages waiting for it would only cycle through the queue). Returns the new cursor.
     """
