@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from enum import Enum
 
@@ -427,9 +427,7 @@ class Tally:
 
     def plus(self, other: "Tally") -> "Tally":
         """This tally (the head, with the planned counts) with another shard's counters added."""
-        total = Tally(planned=self.planned, untags_planned=self.untags_planned, tags_planned=self.tags_planned,
-                      waves=self.waves, tags_numbered=self.tags_numbered, wave_tick=self.wave_tick,
-                      tag_retry=self.tag_retry, failed_by_reason=dict(self.failed_by_reason), updated_at=self.updated_at)
+        total = replace(self, failed_by_reason=dict(self.failed_by_reason))  # the head's fields as they are
         for name in self.COUNTERS:
             setattr(total, name, getattr(self, name) + getattr(other, name))
         for reason, n in other.failed_by_reason.items():

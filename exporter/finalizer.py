@@ -75,6 +75,10 @@ def _tag_messages(svc: Services, run: Run, tag: str, emails, number: int) -> int
     return number
 
 
+def _wave_count(tally: Tally) -> int:
+    return -(-tally.planned // WAVE_BATCHES)
+
+
 def _plan_waves(svc: Services, run: Run, tag: str, tally: Tally, backlog: int | None) -> tuple[int, int]:
     """Tag batches for the next waves whose contact batches are all counted, in wave order.
 
@@ -86,7 +90,7 @@ def _plan_waves(svc: Services, run: Run, tag: str, tally: Tally, backlog: int | 
     is slow, and messages waiting for it would only cycle through the queue). Returns the new cursor.
     """
     wave, number = tally.waves, tally.tags_numbered
-    waves = -(-tally.planned // WAVE_BATCHES)
+    waves = _wave_count(tally)
     while wave < waves and (backlog is None or number - tally.tags_done < backlog):
         first, last = wave * WAVE_BATCHES + 1, min((wave + 1) * WAVE_BATCHES, tally.planned)
         batches = list(svc.storage.list_batch_range(run.id, first, last))
@@ -124,7 +128,7 @@ def tag_wave_tick(svc: Services, run_id: str, seq: int) -> None:
         tally = svc.storage.update_tally(run_id, advance)
         log.info("tag waves %d-%d planned (tag batches up to %d)", start + 1, wave, number,
                  extra={"run_id": run_id, "export_id": run.export_id})
-    if tally.waves < -(-tally.planned // WAVE_BATCHES):
+    if tally.waves < _wave_count(tally):
         svc.storage.send_run_message({"type": "tagwave", "runId": run_id, "seq": seq + 1}, delay_seconds=WAVE_TICK_SECONDS)
 
     def ticked(t: Tally) -> None:

@@ -63,6 +63,11 @@ def _credential(settings: Settings):
     return DefaultAzureCredential(managed_identity_client_id=settings.managed_identity_client_id)
 
 
+def _delay(seconds: float) -> int | None:
+    """A message's initial invisibility in whole seconds; None (visible at once) for none."""
+    return int(max(0, round(seconds))) or None
+
+
 class Storage:
     def __init__(self, settings: Settings, credential=None):
         self.settings = settings
@@ -611,11 +616,10 @@ class Storage:
             return 0
 
     def send_run_message(self, body: dict, delay_seconds: float = 0) -> None:
-        self.run_queue.send_message(json.dumps(body, separators=(",", ":")),
-                                    visibility_timeout=int(max(0, round(delay_seconds))) or None)
+        self.run_queue.send_message(json.dumps(body, separators=(",", ":")), visibility_timeout=_delay(delay_seconds))
 
     def send_batch_message(self, text: str, delay_seconds: float = 0) -> None:
-        self.batch_queue.send_message(text, visibility_timeout=int(max(0, round(delay_seconds))) or None)
+        self.batch_queue.send_message(text, visibility_timeout=_delay(delay_seconds))
 
     # --- a planned run's batch messages, waiting to be fanned out ---------------------------------
 
