@@ -31,7 +31,8 @@ POLL_SECONDS = 5.0
 
 
 class ReaderProcessError(RuntimeError):
-    """The segment reader process ended without finishing; planning is retried like any other failure."""
+    """The segment reader process ended without finishing. Like any unexpected planning error, the run
+    fails before anything is sent (planner._plan_claimed), and can be started again."""
 
 
 def prepare(rows: Iterable[segments.SourceRow], mapper: ContactMapper, dated_at: str) -> Iterator[tuple]:
@@ -85,7 +86,7 @@ def _from_process(settings, container_name, refresh, schema, mapper, dated_at) -
                 if not reader.is_alive():
                     raise ReaderProcessError(
                         f"The segment reader process ended unexpectedly (exit code {reader.exitcode}) while "
-                        f"reading {refresh.folder}; the run's planning will be tried again."
+                        f"reading {refresh.folder}."
                     ) from None
                 continue
             if type(item) is list:
