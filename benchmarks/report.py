@@ -19,21 +19,30 @@ def _n(x: float) -> str:
     return f"{x:,.0f}"
 
 
+def _median_tries(results: list[PlanResult]) -> list[tuple[PlanResult, list[PlanResult]]]:
+    """(the median try by rows/s, every try) for each size and kind, in the order measured."""
+    groups: dict[tuple[int, str], list[PlanResult]] = {}
+    for r in results:
+        groups.setdefault((r.rows, r.kind), []).append(r)
+    return [(sorted(tries, key=lambda t: t.rows_per_s)[(len(tries) - 1) // 2], tries) for tries in groups.values()]
+
+
 def planning_table(results: list[PlanResult]) -> str:
     rows = []
-    for r in results:
+    for r, tries in _median_tries(results):
         c = r.counts
         batches = c["batches"] + -(-c["left"] // UNTAG_BATCH)  # contact batches and untag batches
         messages = batches if batches <= DIRECT_ENQUEUE_LINES else -(-batches // DISPATCH_LINES)
         rows.append([
-            _n(r.rows), r.kind, f"{r.wall:.1f}", _n(r.rows_per_s), f"{r.enqueue:.1f}", _n(r.rows_per_s_without_enqueue),
+            _n(r.rows), r.kind, f"{r.wall:.1f}", _n(r.rows_per_s), " / ".join(_n(t.rows_per_s) for t in tries),
+            f"{r.enqueue:.1f}", _n(r.rows_per_s_without_enqueue),
             _n(r.rows / (r.cpu - r.enqueue_cpu) if r.cpu > r.enqueue_cpu else 0),
             f"{1000 * r.enqueue_cpu / max(batches, 1):.1f}", f"{r.peak_rss_mb:.0f}", f"{r.reader_peak_rss_mb:.0f}" if r.reader_peak_rss_mb else "-",
             f"{r.peak_rss_mb + r.reader_peak_rss_mb:.0f}", f"{r.rss_before_mb:.0f}",
             f"{c['rejected']:,}/{c['duplicates']:,}/{c['queued']:,}/{c['skipped']:,}/{c['left']:,}",
-            _n(batches), _n(messages), "yes" if r.balanced else "NO", r.loadavg,
+            _n(batches), _n(messages), "yes" if all(t.balanced for t in tries) else "NO", r.loadavg,
         ])
-    return table(["rows", "run", "wall s", "rows/s", "hand-off s", "rows/s without hand-off",
+    return table(["rows", "run", "wall s", "rows/s (median try)", "rows/s, every try", "hand-off s", "rows/s without hand-off",
                   "rows per CPU-s without hand-off", "hand-off CPU ms per batch",
                   "peak RSS MB", "reader process peak RSS MB", "peak RSS MB, both", "RSS at start MB", "rejected/dup/queued/skipped/left", "batches",
                   "queue messages", "adds up", "load avg"], rows)
