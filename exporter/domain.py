@@ -236,6 +236,7 @@ class RunCounts:
     left: int = 0  # members of the last confirmed run no longer in the segment (not rows of this refresh)
     untagged: int = 0  # leavers whose membership tag Omnisend accepted to remove
     tagged: int = 0  # members whose membership tag Omnisend accepted to add
+    already_tagged: int = 0  # queued members holding the tag from an earlier run (a field changed): not tagged again
     tag_failures: int = 0  # tag additions or removals that failed (retried by the next run)
     batches: int = 0
     batches_sent: int = 0  # batches past the send step: accepted by Omnisend, or given up unsent
@@ -272,6 +273,7 @@ class RunCounts:
             "skipped": self.skipped,
             "left": self.left,
             "tagged": self.tagged,
+            "alreadyTagged": self.already_tagged,
             "untagged": self.untagged,
             "tagFailures": self.tag_failures,
             "batches": self.batches,
@@ -288,6 +290,7 @@ class RunCounts:
             "batchesSent": "batches_sent",
             "batchesDone": "batches_done",
             "tagFailures": "tag_failures",
+            "alreadyTagged": "already_tagged",
         }
         kwargs = {camel.get(k, k): v for k, v in data.items() if camel.get(k, k) in names}
         return cls(**kwargs)

@@ -49,14 +49,22 @@ def _confirmed(svc: Services, run_id: str):
         yield from _batch_confirmed(batch)
 
 
-def _batch_confirmed(batch):
+def _batch_confirmed(batch, skip=()):
+    """(email, fingerprint) of the batch's contacts Omnisend stored, but those at the positions ``skip``."""
     if batch.status is not BatchStatus.FINISHED or not batch.payload:
         return
     failed = {f.index for f in batch.failures}
     fps = batch.payload.get("fps") or []
     for i, contact in enumerate(batch.payload["contacts"]):
-        if i not in failed:
+        if i not in failed and i not in skip:
             yield contact["identifiers"][0]["id"], int(fps[i]) if i < len(fps) else 0
+
+
+def _batch_to_tag(batch):
+    """Emails of the batch's stored contacts that need the membership tag: not those the planner found
+    holding it from an earlier run (tagging them again would spend the tags endpoint's slow budget)."""
+    holding = set((batch.payload or {}).get("tagged") or ())
+    return (email for email, _ in _batch_confirmed(batch, holding))
 
 
 def _tag_messages(svc: Services, run: Run, tag: str, emails, number: int) -> int:
@@ -96,7 +104,7 @@ def _plan_waves(svc: Services, run: Run, tag: str, tally: Tally, backlog: int | 
         batches = list(svc.storage.list_batch_range(run.id, first, last))
         if backlog is not None and (len(batches) < last - first + 1 or not all(b.status.is_final for b in batches)):
             break
-        number = _tag_messages(svc, run, tag, (email for b in batches for email, _ in _batch_confirmed(b)), number)
+        number = _tag_messages(svc, run, tag, (email for b in batches for email in _batch_to_tag(b)), number)
         wave += 1
     return wave, number
 
@@ -178,7 +186,8 @@ def _plan_retry_tags(svc: Services, run: Run, tag: str, number: int) -> int:
         if batch.status is BatchStatus.FINISHED:
             for email in (batch.payload or {}).get("emails", []):
                 tagged.add(member_key(email))
-    untagged = (email for email, _ in _confirmed(svc, run.id) if member_key(email) not in tagged)
+    untagged = (email for b in svc.storage.list_batches(run.id) for email in _batch_to_tag(b)
+                if member_key(email) not in tagged)
     return _tag_messages(svc, run, tag, untagged, number)
 
 

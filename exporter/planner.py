@@ -60,6 +60,7 @@ class _Pending:
     fps: list[str]  # fingerprint of each contact as planned: what the membership state records
     contacts: list[str]
     chars: int
+    tagged: list[str] = field(default_factory=list)  # positions of contacts that hold the membership tag already
     part_index: dict[str, int] = field(default_factory=dict)  # position of each of ``parts``
     partition: str | None = None  # the last contact's partition, and its position in ``parts``
     index: int = 0
@@ -78,8 +79,9 @@ class BatchBuilder:
         self.contacts = 0
         self._pending: _Pending | None = None
         self._part_refs: dict[str, str] = {}  # partition name -> its JSON string
-        # envelope: head + ',"batch":NNNNNNN,"parts":[...],"refs":[...],"contacts":[...]}'
-        self._envelope = len(self._head) + 64
+        # envelope: head + ',"batch":NNNNNNN,"parts":[...],"refs":[...],"contacts":[...]}', and room for
+        # ',"tagged":[...]' with every position of a full batch
+        self._envelope = len(self._head) + 64 + 12 + 4 * MAX_BATCH_CONTACTS
 
     def fits_alone(self, contact_json: str, partition: str) -> bool:
         return self._envelope + len(partition) + 24 + len(contact_json) <= MAX_MESSAGE_CHARS
@@ -116,6 +118,11 @@ class BatchBuilder:
         p.partition, p.index = partition, index
         return p
 
+    def mark_tagged(self) -> None:
+        """The contact just added holds the membership tag from an earlier run: it is not tagged again."""
+        p = self._pending
+        p.tagged.append(str(len(p.contacts) - 1))
+
     @property
     def pending(self) -> int:
         return len(self._pending.contacts) if self._pending else 0
@@ -128,7 +135,9 @@ class BatchBuilder:
         self.contacts += len(p.contacts)
         self._spool.write(
             f'{self._head},"batch":{self.batches},"parts":[{",".join(p.parts)}],'
-            f'"refs":[{",".join(p.refs)}],"fps":[{",".join(p.fps)}],"contacts":[{",".join(p.contacts)}]}}\n'
+            f'"refs":[{",".join(p.refs)}],"fps":[{",".join(p.fps)}],'
+            + (f'"tagged":[{",".join(p.tagged)}],' if p.tagged else "")
+            + f'"contacts":[{",".join(p.contacts)}]}}\n'
         )
         self._pending = None
 
@@ -251,7 +260,7 @@ def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper,
     with Spool(svc, run) as spool:
         builder = BatchBuilder(run, spool)
         # bound once: this loop runs for every row of the segment
-        add, fits_alone, remember = builder.add, builder.fits_alone, seen.add
+        add, fits_alone, remember, mark_tagged = builder.add, builder.fits_alone, seen.add, builder.mark_tagged
         find = state.find if state is not None else None
         source = prepared_rows(svc.settings, container, refresh, schema, mapper, refreshed_at)
         try:
@@ -264,20 +273,28 @@ def _plan_rows(svc, run, export, connection, container, refresh, schema, mapper,
                     counts.duplicates += 1
                     report.add("planning", partition, number, email, REASON_DUPLICATE, "an earlier row has the same email")
                     continue
+                tagged = False
                 if find is not None:
                     i = find(key)
                     if i >= 0:
                         state.present[i] = 1
-                        if diffing and state.fps[i] == fp:
-                            remember(key)
-                            counts.skipped += 1  # Omnisend already holds exactly this
-                            continue
+                        if diffing:
+                            if state.fps[i] == fp:
+                                remember(key)
+                                counts.skipped += 1  # Omnisend already holds exactly this
+                                continue
+                            # a changed member: the state was made with this tag, so it holds the tag
+                            # (a contact write without tags leaves them as they are)
+                            tagged = True
                 if not fits_alone(text, partition):
                     _reject(report, counts, partition, number, email,
                             Rejection(REASON_CONTACT_TOO_LARGE, "the contact does not fit in one queue message"))
                     continue
                 remember(key)
                 add(text, partition, number, fp)
+                if tagged:
+                    mark_tagged()
+                    counts.already_tagged += 1
             builder.flush()
             untags = _plan_untags(run, export, state, spool, counts) if state is not None else 0
         except segments.SegmentSourceError as e:
@@ -488,7 +505,7 @@ def _record_planning(svc: Services, run_id: str, counts: RunCounts, refresh, unt
         c = run.counts
         c.read, c.rejected, c.rejected_by_reason = counts.read, counts.rejected, dict(counts.rejected_by_reason)
         c.duplicates, c.queued, c.batches = counts.duplicates, counts.queued, counts.batches
-        c.skipped, c.left = counts.skipped, counts.left
+        c.skipped, c.left, c.already_tagged = counts.skipped, counts.left, counts.already_tagged
         run.refresh_folder, run.refresh_fingerprint = refresh.folder, refresh.fingerprint
         if run.status is RunStatus.PLANNING:
             run.status = RunStatus.UPLOADING

@@ -220,7 +220,7 @@ def _send(svc: Services, msg: dict, ctx: dict) -> None:
 
 def _payload(msg: dict) -> dict:
     """What a batch keeps of its send message: enough to report on it and to send it again."""
-    return {k: msg[k] for k in ("runId", "exportId", "connectionId", "batch", "parts", "refs", "fps", "contacts") if k in msg}
+    return {k: msg[k] for k in ("runId", "exportId", "connectionId", "batch", "parts", "refs", "fps", "tagged", "contacts") if k in msg}
 
 
 def _schedule_check(svc: Services, msg: dict, omnisend_batch_id: str, polls: int, delay: float | None = None) -> None:

@@ -74,7 +74,7 @@ def churn(everyone: list[dict]):
     return first, second, leavers
 
 
-def test_a_second_run_sends_only_what_changed_and_untags_the_leavers(export, sandbox, segment_container):
+def test_a_second_run_sends_only_what_changed_and_untags_the_leavers(services, export, sandbox, segment_container):
     first, second, leavers = churn(people())
     write(segment_container, first, minutes_ago=30)
     run1 = run_now(export["id"])
@@ -88,7 +88,11 @@ def test_a_second_run_sends_only_what_changed_and_untags_the_leavers(export, san
     c = run2["counts"]
     assert run2["status"] == "succeeded"
     assert c["read"] == 2000 and c["queued"] == 40 and c["confirmed"] == 40 and c["skipped"] == 1960
-    assert c["left"] == 20 and c["untagged"] == 20 and c["tagged"] == 40
+    assert c["left"] == 20 and c["untagged"] == 20
+    # only the 20 new members are tagged; the 20 changed ones hold the tag from run 1 and keep it
+    assert c["tagged"] == 20 and c["alreadyTagged"] == 20
+    tag_calls = [e for b in services.storage.list_batches(run2["runId"], kind="tags") for e in b.payload["emails"]]
+    assert sorted(e.lower() for e in tag_calls) == sorted(p["PrimaryEmail"].lower() for p in second[-20:])
     assert c["read"] == c["rejected"] + c["duplicates"] + c["confirmed"] + c["failed"] + c["skipped"]
     assert sandbox.stats(TEST_BRAND)["batchesCreated"] - batches_before == 1  # 40 contacts: one batch
     assert_omnisend_holds(sandbox, second, leavers)
@@ -98,6 +102,24 @@ def test_a_second_run_sends_only_what_changed_and_untags_the_leavers(export, san
 
     run3 = run_now(export["id"])  # the same refresh again: nothing to send
     assert run3["counts"]["queued"] == 0 and run3["counts"]["skipped"] == 2000 and run3["counts"]["left"] == 0
+
+
+def test_changed_members_are_tagged_again_when_the_tag_changed(services, export, sandbox, segment_container):
+    first, second, _ = churn(people())
+    write(segment_container, first, minutes_ago=30)
+    assert run_now(export["id"])["counts"]["tagged"] == 2000
+    body = {"name": export["name"], "connectionId": export["connectionId"], "source": export["source"],
+            "mapping": export["mapping"], "enabled": True, "tag": OTHER_TAG}
+    status, body, _ = call("export", "PUT", "", body=body, route_params={"id": export["id"]})
+    assert status == 200, body
+
+    write(segment_container, second, minutes_ago=10)
+    run2 = run_now(export["id"])
+    c = run2["counts"]
+    # a new tag changes the export's sync key: everyone is sent and tagged again, nobody counts as tagged
+    assert c["queued"] == c["tagged"] == 2000 and c["alreadyTagged"] == 0 and c["skipped"] == 0
+    stored = omnisend(sandbox)
+    assert all(OTHER_TAG in stored[p["PrimaryEmail"].lower()]["tags"] for p in second)
 
 
 def test_a_run_that_fails_halfway_is_made_up_by_the_next(export, sandbox, segment_container, monkeypatch):
