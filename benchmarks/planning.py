@@ -11,6 +11,7 @@ Enqueued messages and spool blobs are removed afterwards (no uploader runs here)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -159,7 +160,13 @@ def _measure(svc: Services, export: Export, rows: int, kind: str, write_seconds:
     r = _plan_in_subprocess(run.id, prof)
     _clear_queues(svc)
     svc.storage.delete_spool(run.id)
-    fail_run(svc, run.id, "benchmark: planning measured, nothing sent")  # frees the export for the next try
+    quiet = logging.getLogger("exporter.runs")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its "run failed" is this cleanup, not news
+    try:
+        fail_run(svc, run.id, "benchmark: planning measured, nothing sent")  # frees the export for the next try
+    finally:
+        quiet.setLevel(level)
     return PlanResult(rows, kind, r["wall"], r["enqueue"], r["state_load"], r["cpu"], r["rss_before_mb"],
                       r["peak_rss_mb"], r["counts"], r["status"], write_seconds, loadavg(), r["enqueue_cpu"],
                       r.get("reader_peak_rss_mb", 0.0))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
+import signal
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -92,6 +94,21 @@ def test_the_reader_process_stops_when_the_planner_stops_early(services, segment
     (reader,) = readers()  # still reading: 20,000 rows are more than the queue holds
     rows.close()  # the planner closes its source when planning ends early
     assert not reader.is_alive() and readers() == []
+
+
+def test_a_reader_process_that_dies_mid_read_is_an_error_not_an_early_end(services, segment_container, monkeypatch):
+    monkeypatch.setattr(stage, "POLL_SECONDS", 0.5)
+    _write(segment_container, 60_000, partitions=1)  # 30 chunks: more than the queue holds, so it is still reading
+    refresh, schema, mapper = _source(segment_container)
+    rows = stage.prepared_rows(_settings(services, "on"), segment_container, refresh, schema, mapper, DATED_AT)
+    assert next(rows)[2] == 1
+    (reader,) = [p for p in multiprocessing.active_children() if p.name == "segment-reader"]
+    os.kill(reader.pid, signal.SIGKILL)  # as the OOM killer would
+    got = 1
+    with pytest.raises(stage.ReaderProcessError, match="ended unexpectedly"):
+        for _ in rows:
+            got += 1
+    assert got < 60_000  # the rows it had handed over, then the error: never a short segment taken as whole
 
 
 def test_auto_uses_a_second_process_only_for_a_large_refresh(services, segment_container):
