@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -21,7 +22,7 @@ def small_dispatch(monkeypatch):
     monkeypatch.setattr(planner, "DIRECT_ENQUEUE_LINES", 5)
     monkeypatch.setattr(planner, "DISPATCH_LINES", 5)
     monkeypatch.setattr(planner, "SPOOL_BLOCK_BYTES", 20_000)
-    monkeypatch.setattr(planner, "DISPATCH_STAGGER_SECONDS", 0)
+    monkeypatch.setattr(planner, "dispatch_stagger", lambda settings: 0)
 
 
 def drain(services, handle) -> list[dict]:
@@ -79,7 +80,7 @@ def test_a_large_plan_is_enqueued_as_dispatch_messages_that_fan_out_every_batch_
 def test_dispatch_messages_become_visible_one_after_another(small_dispatch, services, sandbox, segment_container,
                                                             monkeypatch):
     """Batches go out roughly in number order, so that tag waves (by batch number) can start early."""
-    monkeypatch.setattr(planner, "DISPATCH_STAGGER_SECONDS", 30)
+    monkeypatch.setattr(planner, "dispatch_stagger", lambda settings: 30)
     segment(segment_container, 1_150)  # dispatch messages of 5, 5 and 2 batches
     start_run(setup_export(segment_container)["id"])
     plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))
@@ -87,6 +88,15 @@ def test_dispatch_messages_become_visible_one_after_another(small_dispatch, serv
     visible = [json.loads(m.content) for m in queued.peek_messages(max_messages=32)]
     assert [(d["type"], d["first"]) for d in visible] == [("dispatch", 1)]
     assert services.storage.queue_length(config.QUEUE_BATCHES) == 3  # the other two wait 30 and 60 s
+
+
+def test_dispatch_keeps_pace_with_the_request_budget(services):
+    """Dispatch messages come a little faster than the budget sends their batches (a send and a check each)."""
+    at_omnisends_limits = dataclasses.replace(services.settings, omnisend_rate_limit=400, omnisend_rate_window_seconds=60)
+    seconds_of_budget = planner.DISPATCH_LINES * 2 * 60 / 400  # 15 s for 50 batches
+    assert 0.8 * seconds_of_budget <= planner.dispatch_stagger(at_omnisends_limits) < seconds_of_budget
+    unlimited = dataclasses.replace(at_omnisends_limits, omnisend_rate_limit=1_000_000, omnisend_rate_window_seconds=1)
+    assert planner.dispatch_stagger(unlimited) < 0.001  # nothing to pace: every dispatch message at once
 
 
 def test_a_dispatch_message_that_fails_on_every_delivery_accounts_for_its_batches(
