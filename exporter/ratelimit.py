@@ -74,14 +74,17 @@ class RateLimiter:
 
         def pace(path: str) -> None:
             wait = self.reserve(f"{connection_id}", self.general)
-            if path.rstrip("/").endswith(TAGS_PATH):  # tags requests spend both budgets
-                wait = max(wait, self.reserve(f"{connection_id}-tags", self.tags))
+            if path.rstrip("/").endswith(TAGS_PATH):
+                # tags requests spend both budgets, and go when both allow: the scarce tags budget
+                # records the time the request is sent, never an earlier free slot of its own (the
+                # general one may record a tags request a little early: a few of its 400)
+                wait = self.reserve(f"{connection_id}-tags", self.tags, not_before=self.clock() + wait)
             if wait > 0:
                 self.sleep(wait)
 
         return pace
 
-    def reserve(self, key: str, budget: Budget) -> float:
+    def reserve(self, key: str, budget: Budget, not_before: float = 0.0) -> float:
         """Reserve the next slot; returns how long to wait for it, or raises when that is too long.
 
         Threads of one process take turns per key and remember the entity they last wrote, so a
@@ -91,9 +94,9 @@ class RateLimiter:
         with self._locks_guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
-            return self._reserve(key, budget)
+            return self._reserve(key, budget, not_before)
 
-    def _reserve(self, key: str, budget: Budget) -> float:
+    def _reserve(self, key: str, budget: Budget, not_before: float) -> float:
         for attempt in range(200):
             entity, etag = self._known.pop(key, None) or self._get(key)
             now = self.clock()
@@ -101,7 +104,7 @@ class RateLimiter:
             times.frombytes(entity.get("Times") or b"")
             cut = bisect_right(times, now - budget.window)  # what left the window
             times = times[cut:]
-            slot = max(now, times[-1] if times else now)  # slots only move forward
+            slot = max(now, not_before, times[-1] if times else now)  # slots only move forward
             if len(times) >= budget.allowed:
                 slot = max(slot, times[len(times) - budget.allowed] + budget.window)
             wait = slot - now

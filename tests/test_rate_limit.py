@@ -115,6 +115,35 @@ def test_tags_requests_spend_the_tags_budget_too(services, unique):
     services.storage.tables.delete_table(f"rl{unique}")
 
 
+def test_a_tags_request_held_by_the_general_budget_never_tips_the_tags_window(services, unique):
+    """A tags request spends both budgets and goes when both allow it: the tags budget must count it at
+    that time, not at an earlier free tags slot (measured: 5 of 394 tag calls answered 429 while the
+    contacts kept the general budget busy)."""
+    import random as _random
+
+    table = services.storage.tables.create_table(f"rl{unique}")
+    clock = FakeClock()
+    tags = Budget(6, WINDOW)
+    limiter = RateLimiter(table, Budget(LIMIT, WINDOW), tags, clock=clock, sleep=lambda s: slept.append(s))
+    pace = limiter.pacer("c1")
+    rnd = _random.Random(5)
+    tag_sends, slept = [], []
+    while len(tag_sends) < 60:
+        clock.now += rnd.uniform(0, 0.15)  # more contact requests than the general budget holds
+        path = "contacts/tags" if rnd.random() < 0.15 else "batches"
+        slept.clear()
+        try:
+            pace(path)
+        except OmnisendRateLimited:
+            continue
+        if path == "contacts/tags":
+            tag_sends.append(clock.now + sum(slept))
+    tag_sends.sort()
+    for i, t in enumerate(tag_sends):  # every window of Omnisend's length, however placed
+        assert sum(1 for u in tag_sends[i:] if u < t + WINDOW) <= tags.per_window
+    services.storage.tables.delete_table(f"rl{unique}")
+
+
 @pytest.fixture
 def sandbox():
     from devtools.omnisend_sandbox import SandboxServer
