@@ -112,7 +112,9 @@ def print_counts(run: dict, out=sys.stdout) -> None:
     for reason, n in sorted(c["failedByReason"].items()):
         print(f"    {reason:<30} {n:>7}", file=out)
     print(f"  unchanged (skipped)  {c['skipped']:>9}", file=out)
-    print(f"  tagged as members    {c.get('tagged', 0):>9}", file=out)
+    held = c.get("alreadyTagged", 0)
+    print(f"  tagged as members    {c.get('tagged', 0):>9}" + (f"  (and {held} changed members kept their tag)" if held else ""),
+          file=out)
     print(f"  left the segment     {c.get('left', 0):>9}  (tag removed: {c.get('untagged', 0)})", file=out)
     if c.get("tagFailures"):
         print(f"  tag changes failed   {c['tagFailures']:>9}  (retried by the next run)", file=out)

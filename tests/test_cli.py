@@ -143,3 +143,18 @@ def test_run_wait_ends_for_a_run_that_fails_before_sending(services, workers, sa
     assert re.search(r": failed$", done.stdout, re.M)
     assert "147 valid profiles, more than the 10 allowed" in done.stdout
     assert sandbox.contacts(TEST_BRAND) == []
+
+
+def test_the_report_says_which_changed_members_kept_their_tag():
+    import io
+
+    from exporter.cli import print_counts
+
+    counts = {"read": 10, "confirmed": 4, "rejected": 0, "rejectedByReason": {}, "duplicates": 0, "failed": 0,
+              "failedByReason": {}, "skipped": 6, "tagged": 1, "alreadyTagged": 3, "left": 0, "untagged": 0}
+    out = io.StringIO()
+    print_counts({"runId": "r1", "status": "succeeded", "counts": counts}, out)
+    assert "tagged as members            1  (and 3 changed members kept their tag)" in out.getvalue()
+    out = io.StringIO()
+    print_counts({"runId": "r1", "status": "succeeded", "counts": {**counts, "alreadyTagged": 0}}, out)
+    assert "kept their tag" not in out.getvalue()
