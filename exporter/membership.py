@@ -18,20 +18,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import struct
 import tempfile
+import time
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
 from .mapping import email_key
 
 RECORD = struct.Struct("<QQH")
 LOAD_CHUNK_BYTES = 4 * 1024 * 1024  # one ranged GET of a state blob
+LOAD_ATTEMPTS = 5
 FORMAT_VERSION = 1
 
 
@@ -219,6 +222,10 @@ class MemberState:
             pass
 
 
+class StateChangingError(RuntimeError):
+    """The export's state was replaced again and again while it was read (writers racing)."""
+
+
 class StateStore:
     """Membership states of exports, as blobs in the app's artifacts container."""
 
@@ -228,24 +235,51 @@ class StateStore:
     def _pointer(self, export_id: str):
         return self.container.get_blob_client(f"state/{export_id}/current.json")
 
-    def load(self, export_id: str) -> MemberState | None:
+    def _current(self, export_id: str) -> str | None:
+        """The name of the export's current state blob; None when it has none."""
         try:
-            pointer = json.loads(self._pointer(export_id).download_blob().readall())
-            blob = self.container.get_blob_client(pointer["blob"])
-            props = blob.get_blob_properties()
+            return json.loads(self._pointer(export_id).download_blob().readall())["blob"]
         except ResourceNotFoundError:
             return None
+
+    def load(self, export_id: str) -> MemberState | None:
+        """The export's current state, or None when it has none.
+
+        Several workers may write the same run's state at once (each that sees the run complete; the
+        result is the same). A state blob replaced or deleted while it is read is read again from the
+        pointer, never taken for "no state": that would forget every member.
+        """
+        for attempt in range(LOAD_ATTEMPTS):
+            name = self._current(export_id)
+            if name is None:
+                return None
+            try:
+                return self._load_blob(name)
+            except (ResourceNotFoundError, ResourceModifiedError):
+                time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+        raise StateChangingError(
+            f"The membership state of export {export_id} kept changing while it was read "
+            f"({LOAD_ATTEMPTS} attempts); run the export again."
+        )
+
+    def _load_blob(self, name: str) -> MemberState:
+        blob = self.container.get_blob_client(name)
+        props = blob.get_blob_properties()
         fd, path = tempfile.mkstemp(prefix="members-", suffix=".bin")
-        with os.fdopen(fd, "wb") as f:
-            # ranged GETs pinned to the ETag: the client's first GET would otherwise hold up to 32 MB
-            for offset in range(0, props.size, LOAD_CHUNK_BYTES):
-                stream = blob.download_blob(offset=offset, length=min(LOAD_CHUNK_BYTES, props.size - offset),
-                                            max_concurrency=1, etag=props.etag,
-                                            match_condition=MatchConditions.IfNotModified)
-                for chunk in stream.chunks():
-                    f.write(chunk)
-        with open(path, "rb") as f:
-            header = StateHeader.from_json(f.readline())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                # ranged GETs pinned to the ETag: the client's first GET would otherwise hold up to 32 MB
+                for offset in range(0, props.size, LOAD_CHUNK_BYTES):
+                    stream = blob.download_blob(offset=offset, length=min(LOAD_CHUNK_BYTES, props.size - offset),
+                                                max_concurrency=1, etag=props.etag,
+                                                match_condition=MatchConditions.IfNotModified)
+                    for chunk in stream.chunks():
+                        f.write(chunk)
+            with open(path, "rb") as f:
+                header = StateHeader.from_json(f.readline())
+        except BaseException:
+            os.unlink(path)
+            raise
         return MemberState(header, path)
 
     def write(self, header: StateHeader, records: Iterable[tuple[int, int, str]]) -> int:
@@ -270,11 +304,7 @@ class StateStore:
                     f.write(chunk)
                 f.seek(0)
                 self.container.get_blob_client(name).upload_blob(f, overwrite=True, max_concurrency=2)
-        previous = None
-        try:
-            previous = json.loads(self._pointer(header.export_id).download_blob().readall()).get("blob")
-        except ResourceNotFoundError:
-            pass
+        previous = self._current(header.export_id)
         self._pointer(header.export_id).upload_blob(json.dumps({"blob": name, "count": count}), overwrite=True)
         if previous and previous != name:
             try:

@@ -50,6 +50,28 @@ def test_state_round_trip_and_lookups(blob_service, unique):
         container.delete_container()
 
 
+def test_a_state_replaced_while_it_is_read_is_read_again_never_taken_for_none(blob_service, unique, monkeypatch):
+    """Two workers can write the same run's state at once; one of them may be reading the state the
+    other just replaced (and deleted). Seen in CI: the reader failed, and a missing blob would have
+    been taken for "no state", forgetting every member."""
+    container = blob_service.create_container(f"state{unique}")
+    try:
+        store = StateStore(container)
+        records = sorted((member_key(f"p{i}@example.com"), i, f"p{i}@example.com") for i in range(50))
+        store.write(header("r1"), records)
+        stale = store._current("e1")
+        store.write(header("r2"), records[:40])  # the next run's state; r1's blob is deleted
+        assert not container.get_blob_client(stale).exists()
+        current = store._current
+        names = iter([stale])  # the first read of the pointer happened before the switch
+        monkeypatch.setattr(store, "_current", lambda export_id: next(names, None) or current(export_id))
+        state = store.load("e1")
+        assert state is not None and state.header.run_id == "r2" and len(state) == 40
+        state.close()
+    finally:
+        container.delete_container()
+
+
 def test_a_crash_while_writing_leaves_the_previous_state(blob_service, unique):
     container = blob_service.create_container(f"state{unique}")
     try:
