@@ -531,7 +531,12 @@ def _record_planning(svc: Services, run_id: str, counts: RunCounts, refresh, unt
         t.untags_planned = untags
 
     tally = svc.storage.update_tally(run_id, planned)
-    return settle(svc, run_id, tally) or svc.storage.get_run(run_id)
+    try:
+        return settle(svc, run_id, tally) or svc.storage.get_run(run_id)
+    except Exception:  # noqa: BLE001 - batches are out: this is no planning failure ("nothing was sent")
+        # the workers' next settle, or the scheduler's reconcile, moves the run on
+        log.exception("moving the run on after planning failed", extra={"run_id": run_id})
+        return svc.storage.get_run(run_id)
 
 
 def _abandon(svc: Services, run_id: str, counts: RunCounts, refresh, reason: str, error: str | None) -> Run:

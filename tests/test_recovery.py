@@ -77,6 +77,22 @@ def test_the_timer_repairs_a_run_whose_last_worker_died_before_ending_it(service
     assert run["status"] == "succeeded" and run["counts"]["confirmed"] == 250 and run["counts"]["tagged"] == 250
 
 
+def test_a_failure_after_the_batches_went_out_is_no_planning_failure(services, workers, sandbox, segment_container,
+                                                                     monkeypatch):
+    """Seen in CI: moving the run on right after planning raised (two workers writing the same state),
+    and the run was failed as "nothing was sent", its counts zeroed, while its batches were out."""
+    from exporter import planner
+
+    def broken_settle(*a, **kw):
+        raise RuntimeError("storage hiccup")
+
+    monkeypatch.setattr(planner, "settle", broken_settle)
+    run_id = queued_run(services, segment_container, rows=250)
+    run = wait_for_run(run_id, timeout=60)  # the workers' settle moves it on
+    assert run["status"] == "succeeded" and run["error"] is None
+    assert run["counts"]["read"] == run["counts"]["confirmed"] == run["counts"]["tagged"] == 250
+
+
 def test_a_run_nobody_plans_is_reported_stuck(services, sandbox, segment_container):
     run_id = queued_run(services, segment_container)  # no workers: the plan message waits forever
     run = services.storage.get_run(run_id)
