@@ -19,6 +19,7 @@ from datetime import timezone
 
 from . import segments
 from .domain import Run, RunCounts, RunStatus, Tally
+from .finalizer import start_tag_waves
 from .logs import get_logger, log_context
 from .mapping import (
     REASON_CONTACT_TOO_LARGE,
@@ -30,7 +31,6 @@ from .mapping import (
 )
 from .membership import KeySet
 from .prepared_rows import prepared_rows
-from .finalizer import start_tag_waves
 from .runs import conclude, settle
 from .services import Services
 from .storage import ReportWriter

@@ -511,7 +511,7 @@ class Storage:
                   "failedByReason": t.failed_by_reason, "batchesDone": t.batches_done,
                   "untagsPlanned": t.untags_planned, "untagsDone": t.untags_done, "tagsPlanned": t.tags_planned,
                   "tagsDone": t.tags_done, "tagged": t.tagged, "untagged": t.untagged, "tagFailures": t.tag_failures}
-        if key == TALLY_KEY and (t.waves or t.tags_numbered or t.wave_tick or t.tag_retry):
+        if key == TALLY_KEY:  # the waves' cursor is the head's, as the planned counts
             counts.update(waves=t.waves, tagsNumbered=t.tags_numbered, waveTick=t.wave_tick, tagRetry=t.tag_retry)
         return {"PartitionKey": run_id, "RowKey": key, "Planned": t.planned, "Counts": json.dumps(counts)}
 
