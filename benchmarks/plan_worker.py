@@ -25,9 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from benchmarks.stack import vm_hwm_mb, vm_rss_mb
-    from exporter import membership, planner, prepared_rows
     from exporter.config import load_settings
+    from exporter.planning import planner, prepared_rows
     from exporter.services import build_services
+    from exporter.state import membership
 
     svc = build_services(load_settings(os.environ))
     spent = {"enqueue": 0.0, "state_load": 0.0, "enqueue_cpu": 0.0}
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                     spent["enqueue_cpu"] += cpu() - c
         return wrapper
 
-    planner._enqueue = timed("enqueue", planner._enqueue)
+    planner.enqueue = timed("enqueue", planner.enqueue)
     readers = []  # the segment reader process is started (or not) by prepared_rows._from_process
     from_process = prepared_rows._from_process
 

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from devtools import azurite
 from exporter import config, segments
 from exporter.config import load_settings
-from exporter.domain import Connection, Export, Mapping, Source, utcnow
-from exporter.mapping import ContactMapper, ContactOptions, Rejection
-from exporter.membership import StateHeader, Upserts, fingerprint, member_key
-from exporter.runs import fail_run, start_run
+from exporter.domain import Connection, Export, Mapping, Source, fingerprint, member_key, utcnow
+from exporter.lifecycle.settle import fail_run
+from exporter.lifecycle.start import start_run
+from exporter.planning.mapping import ContactMapper, ContactOptions, Rejection
 from exporter.services import Services, build_services
+from exporter.state.membership import StateHeader, Upserts
 
 from . import segment as seg
 from .stack import ROOT, loadavg
@@ -66,7 +67,7 @@ class PlanResult:
 def services() -> Services:
     svc = build_services(load_settings({"AzureWebJobsStorage": azurite.connection_string(), "EXPORTER_DEV_MODE": "1",
                                         "REFRESH_SETTLE_SECONDS": "0"}))
-    svc.storage.ensure_resources()
+    svc.clients.ensure_resources()
     return svc
 
 
@@ -74,17 +75,17 @@ def _export(svc: Services, segment: str) -> Export:
     now = utcnow()
     conn = Connection(id=uuid.uuid4().hex, display_name="benchmark", allow_contributors=False,
                       data_privacy_consent=True, consented_by="benchmark", consented_at=now, created_at=now)
-    svc.storage.put_connection(conn)
+    svc.connections.put(conn)
     export = Export(id=uuid.uuid4().hex, name=f"{segment} (benchmark)", connection_id=conn.id,
                     source=Source(seg.CONTAINER, seg.FOLDER, segment), mapping=Mapping.from_api(seg.MAPPING),
                     enabled=True, created_at=now, updated_at=now)
-    svc.storage.put_export(export)
+    svc.exports.put(export)
     return export
 
 
 def _clear_queues(svc: Services) -> None:
     for name in (config.QUEUE_RUNS, config.QUEUE_BATCHES):
-        svc.storage.queue_client(name).clear_messages()
+        svc.clients.queue(name).clear_messages()
 
 
 def _plan_in_subprocess(run_id: str, profile: str | None) -> dict:
@@ -103,7 +104,7 @@ def write_state_of_refresh(svc: Services, export: Export) -> int:
     The same rows, contacts and fingerprints as the planner computes; counts in the re-run show
     whether they agree (every unchanged member must be skipped).
     """
-    container = svc.storage.segment_blobs.get_container_client(export.source.container)
+    container = svc.clients.segment_container(export.source.container)
     refresh = segments.find_latest_refresh(container, export.source.folder, export.source.segment)
     schema = segments.load_schema(container, export.source.folder, export.source.segment, refresh)
     mapper = ContactMapper(schema.columns, export.mapping, ContactOptions())
@@ -159,8 +160,8 @@ def _measure(svc: Services, export: Export, rows: int, kind: str, write_seconds:
     prof = os.path.join(profile_dir, f"{profile_name}-{rows}.prof") if profile_dir else None
     r = _plan_in_subprocess(run.id, prof)
     _clear_queues(svc)
-    svc.storage.delete_spool(run.id)
-    quiet = logging.getLogger("exporter.runs")
+    svc.spools.of(run.id).delete()
+    quiet = logging.getLogger("exporter.lifecycle.settle")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # its "run failed" is this cleanup, not news
     try:
@@ -176,8 +177,8 @@ def _cleanup(svc: Services, segment: str, exports: tuple[Export, ...]) -> None:
     """Remove what the runs left: exports, connections, the state and the segment (they would linger)."""
     for export in exports:
         svc.states.delete(export.id)
-        svc.storage.delete_export(export.id)
-        svc.storage.delete_connection(export.connection_id)
+        svc.exports.delete(export.id)
+        svc.connections.delete(export.connection_id)
     seg.delete(segment)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from exporter.planner import DIRECT_ENQUEUE_LINES, DISPATCH_LINES, UNTAG_BATCH
+from exporter.omnisend.limits import MAX_EMAILS_PER_TAG_REQUEST as UNTAG_BATCH
+from exporter.planning.enqueue import DIRECT_ENQUEUE_LINES
+from exporter.planning.spool import DISPATCH_LINES
 
 from .planning import PlanResult
 from .upload import TARGET_SHARE_NOTE, RunResult, pacer_cap
@@ -37,14 +39,16 @@ def planning_table(results: list[PlanResult]) -> str:
             _n(r.rows), r.kind, f"{r.wall:.1f}", _n(r.rows_per_s), " / ".join(_n(t.rows_per_s) for t in tries),
             f"{r.enqueue:.1f}", _n(r.rows_per_s_without_enqueue),
             _n(r.rows / (r.cpu - r.enqueue_cpu) if r.cpu > r.enqueue_cpu else 0),
-            f"{1000 * r.enqueue_cpu / max(batches, 1):.1f}", f"{r.peak_rss_mb:.0f}", f"{r.reader_peak_rss_mb:.0f}" if r.reader_peak_rss_mb else "-",
+            f"{1000 * r.enqueue_cpu / max(batches, 1):.1f}", f"{r.peak_rss_mb:.0f}",
+            f"{r.reader_peak_rss_mb:.0f}" if r.reader_peak_rss_mb else "-",
             f"{r.peak_rss_mb + r.reader_peak_rss_mb:.0f}", f"{r.rss_before_mb:.0f}",
             f"{c['rejected']:,}/{c['duplicates']:,}/{c['queued']:,}/{c['skipped']:,}/{c['left']:,}",
             _n(batches), _n(messages), "yes" if all(t.balanced for t in tries) else "NO", r.loadavg,
         ])
     return table(["rows", "run", "wall s", "rows/s (median try)", "rows/s, every try", "hand-off s", "rows/s without hand-off",
                   "rows per CPU-s without hand-off", "hand-off CPU ms per batch",
-                  "peak RSS MB", "reader process peak RSS MB", "peak RSS MB, both", "RSS at start MB", "rejected/dup/queued/skipped/left", "batches",
+                  "peak RSS MB", "reader process peak RSS MB", "peak RSS MB, both", "RSS at start MB",
+                  "rejected/dup/queued/skipped/left", "batches",
                   "queue messages", "adds up", "load avg"], rows)
 
 

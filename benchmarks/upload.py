@@ -17,12 +17,24 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from exporter import config
-from exporter.cli import ApiClient
-from exporter.ratelimit import TARGET_SHARE, WINDOW_MARGIN, Budget
+from exporter.devhost.cli import ApiClient
+from exporter.omnisend.pacing import TARGET_SHARE, WINDOW_MARGIN, Budget
 
 from . import segment as seg
-from .stack import (API_KEY, Proc, app_env, azurite_pid, group_cpu_seconds, loadavg, machine_cpu, proc_cpu_seconds,
-                    sandbox_stats, start_app, start_sandbox)
+from .stack import (
+    API_KEY,
+    Proc,
+    app_env,
+    azurite_pid,
+    group_cpu_seconds,
+    loadavg,
+    machine_cpu,
+    proc_cpu_seconds,
+    sandbox_stats,
+    start_app,
+    start_sandbox,
+)
+
 
 def pacer_cap(limit: int, window_seconds: float) -> float:
     """Most requests per window the app's pacer lets through: it reserves ``Budget.allowed`` requests
@@ -32,7 +44,7 @@ def pacer_cap(limit: int, window_seconds: float) -> float:
 
 
 TARGET_SHARE_NOTE = (
-    f"The app's pacer (exporter/ratelimit.py) aims at {TARGET_SHARE:.0%} of the limit over the window plus "
+    f"The app's pacer (exporter/omnisend/pacing.py) aims at {TARGET_SHARE:.0%} of the limit over the window plus "
     f"a margin of {WINDOW_MARGIN}s (for the delay between a reserved slot and the request's arrival), so it can reach at most the "
     f"'pacer's cap' share: {100 * pacer_cap(400, 60) / 400:.1f}% with a 60 s window, "
     f"{100 * pacer_cap(400, 6) / 400:.1f}% with a 6 s window."
@@ -235,7 +247,7 @@ def clear_app_queues() -> None:
     svc = services()
     for name in (config.QUEUE_RUNS, config.QUEUE_BATCHES):
         for q in (name, name + config.POISON_SUFFIX):
-            svc.storage.queue_client(q).clear_messages()
+            svc.clients.queue(q).clear_messages()
 
 
 def scenario(limits: Limits, rows: int, incremental: bool, log=print, timeout: float = 3600,

@@ -22,7 +22,7 @@ from azure.storage.blob import BlobServiceClient
 from devtools import azurite
 from devtools.omnisend_sandbox import SandboxServer
 from devtools.sample_segment import generate_profiles, write_segment_refresh
-from exporter.cli import ApiClient, print_counts, progress_line
+from exporter.devhost.cli import ApiClient, print_counts, progress_line
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_KEY = "demo-omnisend-api-key-0001"
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, sandbox: SandboxServer) -> int:
     from exporter.config import load_settings
-    from exporter.local_runner import LocalHost
+    from exporter.devhost.local_runner import LocalHost
     from exporter.services import build_services, set_services
 
     env = {**os.environ, "AzureWebJobsStorage": azurite.connection_string(), "EXPORTER_DEV_MODE": "1",
@@ -77,9 +77,9 @@ def _run(args, sandbox: SandboxServer) -> int:
     print(f"  {CONTAINER}/{FOLDER}/model.json")
 
     services = build_services(load_settings(env))
-    services.storage.ensure_resources()
+    services.clients.ensure_resources()
     set_services(services)
-    host = LocalHost(services.storage, port=0, batch_workers=args.workers, timer=False, idle_sleep=0.5, env=env)
+    host = LocalHost(services.clients, port=0, batch_workers=args.workers, timer=False, idle_sleep=0.5, env=env)
     host.start()
     try:
         print(f"App (local runner, development mode): {host.url}\n")
@@ -110,7 +110,7 @@ def _run(args, sandbox: SandboxServer) -> int:
         churned = _churn(everyone, args.rows)
         write_segment_refresh(blobs.get_container_client(CONTAINER), folder=FOLDER, segment=SEGMENT,
                               profiles=churned, when=when + timedelta(seconds=30), partitions=args.partitions)
-        print(f"\nA new refresh: 1% of the profiles changed a field, 1% left the segment, 1% joined. Run 2:\n")
+        print("\nA new refresh: 1% of the profiles changed a field, 1% left the segment, 1% joined. Run 2:\n")
         t0 = time.monotonic()
         run2 = api.wait_for_run(api.request("POST", f"exports/{export['id']}/runs")["runId"], progress=show, poll=1)
         ok = _report(api, sandbox, run2, time.monotonic() - t0) and ok

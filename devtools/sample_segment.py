@@ -33,7 +33,7 @@ from urllib.parse import quote
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient, ContentSettings
 
-from exporter.cdm import MODEL_JSON, CsvFormat, format_settings_json
+from exporter.segments.cdm import MODEL_JSON, CsvFormat, format_settings_json
 
 COLUMNS: tuple[str, ...] = (
     "CustomerId",
@@ -150,7 +150,8 @@ def generate_profiles(
 
     Exactly ``round(count * invalid_share)`` rows, spread evenly, have an invalid PrimaryEmail;
     ``round(count * duplicate_share)`` other rows (fewer only when the share leaves too few rows)
-    repeat an earlier valid email in different letter case. All other emails are unique. Some names hold commas, quotes and non-ASCII letters, about
+    repeat an earlier valid email in different letter case. All other emails are unique. Some names
+    hold commas, quotes and non-ASCII letters, about
     0.5% of street addresses a line break, and Country is mostly ISO alpha-2, sometimes a full name,
     lower case or empty.
     """
@@ -202,9 +203,10 @@ def _profiles(count: int, seed: int, invalid_share: float, duplicate_share: floa
                 email = original.lower()
             dups_done += 1
         else:
-            f, l = _SLUGS[first], _SLUGS[last]
+            given, family = _SLUGS[first], _SLUGS[last]
             style = rand()
-            local = f"{f}.{l}" if style < 0.5 else f"{f[0]}{l}" if style < 0.8 else f"{f}_{l}"
+            local = (f"{given}.{family}" if style < 0.5 else f"{given[0]}{family}" if style < 0.8
+                     else f"{given}_{family}")
             email = f"{local}{i + 1}@{DOMAINS[int(rand() * len(DOMAINS))]}"
             if rand() < 0.1:
                 email = email[0].upper() + email[1:]

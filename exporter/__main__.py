@@ -1,3 +1,3 @@
-from .cli import main
+from .devhost.cli import main
 
 raise SystemExit(main())

@@ -6,13 +6,19 @@ settings and the docs can be checked against one list: see ``SETTING_NAMES``.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Mapping
 
-# Omnisend API version this app speaks. Keep it here only.
-OMNISEND_API_VERSION = "2026-03-15"
-OMNISEND_DEFAULT_URL = "https://api.omnisend.com/api/"
+from .omnisend import limits
+from .omnisend.limits import OMNISEND_API_VERSION, OMNISEND_DEFAULT_URL
+
+__all__ = ["OMNISEND_API_VERSION", "OMNISEND_DEFAULT_URL"]  # re-exported: their one copy is in omnisend/limits.py
+
+HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
 
 # Names of the storage resources the app owns (Bicep creates the same names).
 QUEUE_RUNS = "export-runs"  # one message per run to plan
@@ -78,10 +84,6 @@ class Settings:
     running_in_azure: bool
     platform_auth_enabled: bool  # App Service Authentication validates callers and sets X-MS-CLIENT-PRINCIPAL
 
-    @property
-    def uses_identity_storage(self) -> bool:
-        return self.storage_connection_string is None
-
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name)
@@ -130,12 +132,44 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         refresh_settle_seconds=_int(env, "REFRESH_SETTLE_SECONDS", 120),
         secret_cache_seconds=_int(env, "SECRET_CACHE_SECONDS", 300),
         omnisend_timeout_seconds=timeout,
-        omnisend_rate_limit=_int(env, "OMNISEND_RATE_LIMIT", 400, minimum=1),
-        omnisend_tags_rate_limit=_int(env, "OMNISEND_TAGS_RATE_LIMIT", 60, minimum=1),
-        omnisend_rate_window_seconds=_int(env, "OMNISEND_RATE_WINDOW_SECONDS", 60, minimum=1),
+        omnisend_rate_limit=_int(env, "OMNISEND_RATE_LIMIT", limits.RATE_LIMIT, minimum=1),
+        omnisend_tags_rate_limit=_int(env, "OMNISEND_TAGS_RATE_LIMIT", limits.TAGS_RATE_LIMIT, minimum=1),
+        omnisend_rate_window_seconds=_int(env, "OMNISEND_RATE_WINDOW_SECONDS", limits.RATE_WINDOW_SECONDS, minimum=1),
         batch_check_delay_seconds=_int(env, "BATCH_CHECK_DELAY_SECONDS", 2),
         planner_reader_process=reader,
         dev_mode=dev_mode,
         running_in_azure=running_in_azure,
         platform_auth_enabled=env.get("WEBSITE_AUTH_ENABLED", "").lower() == "true",
     )
+
+
+# --- host.json: the queue rules the Functions host applies (the local runner applies the same) -----
+
+
+def _timespan_seconds(value: str) -> float:
+    h, m, s = value.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+@dataclass(frozen=True)
+class QueueRules:
+    max_dequeue_count: int = 5  # deliveries of a message before the host moves it to the poison queue
+    visibility_timeout: float = 0.0  # delay before a failed message is retried
+    max_polling_interval: float = 60.0
+    batch_size: int = 16  # messages fetched per receive
+
+    @classmethod
+    def from_host_json(cls, path: Path = HOST_JSON) -> "QueueRules":
+        queues = json.loads(path.read_text()).get("extensions", {}).get("queues", {})
+        return cls(
+            batch_size=int(queues.get("batchSize", 16)),
+            max_dequeue_count=int(queues.get("maxDequeueCount", 5)),
+            visibility_timeout=_timespan_seconds(queues.get("visibilityTimeout", "00:00:00")),
+            max_polling_interval=_timespan_seconds(queues.get("maxPollingInterval", "00:01:00")),
+        )
+
+
+@lru_cache(maxsize=1)
+def queue_rules() -> QueueRules:
+    """host.json's queue rules, read once (the host reads the same file)."""
+    return QueueRules.from_host_json()

@@ -1,35 +1,87 @@
 """What the handlers need, built once per process from the settings.
 
 Handlers call ``get_services()``; tests and the local runner install their own with ``set_services``.
+Collaborators a test may want to replace (the clock, the backoff of transient retries) are fields.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
 
+from . import config
 from .config import Settings, load_settings
 from .domain import Connection, utcnow
-from .membership import StateStore
 from .omnisend import OmnisendClient
-from .ratelimit import Budget, RateLimiter
-from .secrets import SecretStore, secret_store_from_settings
-from .storage import Storage
+from .omnisend.pacing import Budget, RateLimiter
+from .state.batches import BatchRepository
+from .state.clients import StorageClients
+from .state.connections import ConnectionRepository
+from .state.exports import ExportRepository
+from .state.heartbeat import Heartbeat
+from .state.locks import RunLocks
+from .state.membership import StateStore
+from .state.queues import BatchQueue, RunQueue, WorkQueue
+from .state.rate_budgets import RateBudgets
+from .state.reports import ReportRepository
+from .state.runs import RunRepository
+from .state.secrets import SecretStore, secret_store_from_settings
+from .state.spools import Spools
+from .state.tally import TallyRepository
+
+
+def jittered_backoff(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:
+    """Seconds before transient retry ``attempt``: exponential, with full jitter."""
+    return random.uniform(base / 2, min(cap, base * 2**attempt))
 
 
 @dataclass
 class Services:
     settings: Settings
-    storage: Storage
+    clients: StorageClients
     secrets: SecretStore
     limiter: RateLimiter | None = None  # None: requests are not paced (Omnisend's 429s still are handled)
     clock: Callable[[], datetime] = utcnow
-    _clients: threading.local = field(default_factory=threading.local, repr=False)
+    backoff: Callable[[int], float] = jittered_backoff
+    _omnisend_clients: threading.local = field(default_factory=threading.local, repr=False)
     _connections: dict = field(default_factory=dict, repr=False)  # id -> (connection, read at)
+    # the repositories, one per table or container (exporter/state), made from ``clients``
+    connections: ConnectionRepository = field(init=False, repr=False)
+    exports: ExportRepository = field(init=False, repr=False)
+    tallies: TallyRepository = field(init=False, repr=False)
+    batches: BatchRepository = field(init=False, repr=False)
+    runs: RunRepository = field(init=False, repr=False)
+    locks: RunLocks = field(init=False, repr=False)
+    heartbeat: Heartbeat = field(init=False, repr=False)
+    run_queue: RunQueue = field(init=False, repr=False)
+    batch_queue: BatchQueue = field(init=False, repr=False)
+    reports: ReportRepository = field(init=False, repr=False)
+    spools: Spools = field(init=False, repr=False)
+    states: StateStore = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        c = self.clients
+        self.connections = ConnectionRepository(c.table(config.TABLE_CONNECTIONS))
+        self.exports = ExportRepository(c.table(config.TABLE_EXPORTS))
+        self.tallies = TallyRepository(c.table(config.TABLE_BATCHES))
+        self.batches = BatchRepository(c.table(config.TABLE_BATCHES), self.tallies)
+        self.runs = RunRepository(c.table(config.TABLE_RUNS), self.tallies)
+        self.locks = RunLocks(c.table(config.TABLE_RUNS))
+        self.heartbeat = Heartbeat(c.table(config.TABLE_RUNS))
+        self.run_queue = RunQueue(c.queue(config.QUEUE_RUNS))
+        self.batch_queue = BatchQueue(c.queue(config.QUEUE_BATCHES))
+        self.reports = ReportRepository(c.artifacts, self.batches)
+        self.spools = Spools(c.artifacts)
+        self.states = StateStore(c.artifacts)
+
+    def queue_length(self, name: str) -> int:
+        """Approximate number of messages in a queue, poison queues included (0 when it does not exist)."""
+        return WorkQueue(self.clients.queue(name)).length()
 
     def connection(self, connection_id: str, max_age: float = 0.0) -> Connection | None:
         """The connection, read at most ``max_age`` seconds ago by this process. Only reading results
@@ -38,7 +90,7 @@ class Services:
         hit = self._connections.get(connection_id)
         if hit is not None and now - hit[1] <= max_age:
             return hit[0]
-        found = self.storage.get_connection(connection_id)
+        found = self.connections.get(connection_id)
         if found is not None:
             self._connections[connection_id] = (found, now)
         else:
@@ -48,9 +100,9 @@ class Services:
     def omnisend(self, connection: Connection) -> OmnisendClient:
         """A client for the connection's key; one per thread and key, so sessions are reused."""
         key = self.secrets.get(connection.secret_name)
-        cache = getattr(self._clients, "by_key", None)
+        cache = getattr(self._omnisend_clients, "by_key", None)
         if cache is None:
-            cache = self._clients.by_key = {}
+            cache = self._omnisend_clients.by_key = {}
         slot = hashlib.sha256(f"{connection.id}:{key}".encode()).hexdigest()  # never the key itself
         client = cache.get(slot)
         if client is None:
@@ -59,10 +111,6 @@ class Services:
                 pacer=self.limiter.pacer(connection.id) if self.limiter else None,
             )
         return client
-
-    @property
-    def states(self) -> StateStore:
-        return StateStore(self.storage.artifacts)
 
     def omnisend_with_key(self, api_key: str) -> OmnisendClient:
         """A one-off client for a key that is not stored yet (the connect check)."""
@@ -75,13 +123,13 @@ _services: Services | None = None
 
 def build_services(settings: Settings | None = None) -> Services:
     settings = settings or load_settings()
-    storage = Storage(settings)
+    clients = StorageClients(settings)
     limiter = RateLimiter(
-        storage.rate_limits,
+        RateBudgets(clients.table(config.TABLE_RATE_LIMITS)),
         Budget(settings.omnisend_rate_limit, settings.omnisend_rate_window_seconds),
         Budget(settings.omnisend_tags_rate_limit, settings.omnisend_rate_window_seconds),
     )
-    return Services(settings=settings, storage=storage, secrets=secret_store_from_settings(settings), limiter=limiter)
+    return Services(settings=settings, clients=clients, secrets=secret_store_from_settings(settings), limiter=limiter)
 
 
 def get_services() -> Services:
@@ -89,7 +137,7 @@ def get_services() -> Services:
     with _lock:
         if _services is None:
             _services = build_services()
-            _services.storage.ensure_resources()
+            _services.clients.ensure_resources()
         return _services
 
 

@@ -9,8 +9,9 @@ import time
 
 import azure.functions as func
 
-from exporter.access import DEV_ADMIN_PRINCIPAL, encode_principal
-from exporter.mapping import email_key, is_valid_email
+from exporter.api.access import DEV_ADMIN_PRINCIPAL, encode_principal
+from exporter.domain import email_key
+from exporter.planning.mapping import is_valid_email
 
 ADMIN = {"x-ms-client-principal": DEV_ADMIN_PRINCIPAL}
 CONTRIBUTOR = {"x-ms-client-principal": encode_principal("marketer@dev", ["Contributor"])}
@@ -29,8 +30,7 @@ SAMPLE_MAPPING = {
 
 def _function(name: str):
     import function_app
-
-    from exporter.local_runner import user_function
+    from exporter.devhost.local_runner import user_function
 
     return user_function(function_app.app, name)
 
@@ -132,7 +132,7 @@ def use_services(svc):
 def table_rows(storage) -> dict[str, list[dict]]:
     """Every entity of the app's tables (without ETags and timestamps), by table name."""
     out = {}
-    for table in (storage.connections, storage.exports, storage.runs, storage.batches):
+    for table in storage.app_tables().values():
         out[table.table_name] = sorted((dict(e) for e in table.list_entities()),
                                        key=lambda e: (e["PartitionKey"], e["RowKey"]))
     return out

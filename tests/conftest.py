@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from devtools import azurite
 
-from devtools import azurite  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DEV_STORAGE = azurite.connection_string()
 
@@ -82,14 +79,14 @@ def module_services(azurite_storage, module_sandbox):
     """The app's services in development mode for a whole module of small API tests, pointed at the
     module's sandbox, on a clean app state, and installed for the handlers until the module ends.
     Not autouse: a module asks for it (``pytestmark = pytest.mark.usefixtures("module_services")``)."""
-    from apphelpers import use_services
     from exporter.config import load_settings
     from exporter.services import build_services
+    from tests.apphelpers import use_services
 
     svc = build_services(load_settings({
         "AzureWebJobsStorage": DEV_STORAGE, "EXPORTER_DEV_MODE": "1", "OMNISEND_API_URL": module_sandbox.url,
         "REFRESH_SETTLE_SECONDS": "0", "OMNISEND_TIMEOUT_SECONDS": "5"}))
-    clear_app_state(svc.storage)
+    clear_app_state(svc.clients)
     restore = use_services(svc)
     yield svc
     restore()
@@ -100,7 +97,7 @@ def clear_app_state(storage) -> None:
     from exporter import config
 
     storage.ensure_resources()
-    for table in (storage.connections, storage.exports, storage.runs, storage.batches):
+    for table in storage.app_tables().values():
         by_partition: dict[str, list] = {}
         for e in table.list_entities(select=["PartitionKey", "RowKey"]):
             by_partition.setdefault(e["PartitionKey"], []).append(e)
@@ -109,7 +106,7 @@ def clear_app_state(storage) -> None:
                 table.submit_transaction([("delete", e) for e in entities[i:i + 100]])
     for name in (config.QUEUE_RUNS, config.QUEUE_BATCHES):
         for q in (name, name + config.POISON_SUFFIX):
-            storage.queue_client(q).clear_messages()
+            storage.queue(q).clear_messages()
 
 
 @pytest.fixture
@@ -133,7 +130,7 @@ def services(azurite_storage, app_env):
     from exporter.services import build_services, set_services
 
     svc = build_services(load_settings(app_env))
-    clear_app_state(svc.storage)
+    clear_app_state(svc.clients)
     set_services(svc)
     yield svc
     set_services(None)
@@ -142,9 +139,9 @@ def services(azurite_storage, app_env):
 @pytest.fixture
 def workers(services, app_env):
     """Queue workers and HTTP server of the local runner (no timer), on the test's services."""
-    from exporter.local_runner import LocalHost
+    from exporter.devhost.local_runner import LocalHost
 
-    host = LocalHost(services.storage, port=0, batch_workers=4, run_workers=1, timer=False, idle_sleep=0.2,
+    host = LocalHost(services.clients, port=0, batch_workers=4, run_workers=1, timer=False, idle_sleep=0.2,
                      env=app_env)
     host.start()
     yield host
@@ -154,15 +151,15 @@ def workers(services, app_env):
 @pytest.fixture
 def run_views(services, monkeypatch) -> list:
     """The run as GET /runs/{id} shows it after each change of its record (see never_ended_with_open_counts)."""
-    from exporter.storage import Storage
+    from exporter.state.runs import RunRepository
 
     views = []
-    update_run = Storage.update_run
+    update_run = RunRepository.update
 
     def spy(self, run_id, mutate, *args, **kwargs):
         run = update_run(self, run_id, mutate, *args, **kwargs)
-        views.append(self.get_run(run_id))
+        views.append(self.get(run_id))
         return run
 
-    monkeypatch.setattr(Storage, "update_run", spy)
+    monkeypatch.setattr(RunRepository, "update", spy)
     return views

@@ -35,7 +35,7 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3 import HTTPResponse
 
-from exporter.secrets import KeyVaultSecretStore
+from exporter.state.secrets import KeyVaultSecretStore
 
 VAULT_URL = "https://fake-vault.vault.azure.net"
 TENANT_ID = "72f988bf-0000-4000-8000-00000000fake"

@@ -20,16 +20,17 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import ADMIN, ANONYMOUS, CONTRIBUTOR, NO_ROLE, as_user, call, table_rows, use_services
-from conftest import DEV_STORAGE, TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import COLUMNS, generate_profiles, write_segment_refresh
-from exporter.access import ROLE_ADMIN, ROLE_CONTRIBUTOR
+from exporter import config
+from exporter.api.access import ROLE_ADMIN, ROLE_CONTRIBUTOR
 from exporter.config import ConfigurationError, load_settings
 from exporter.domain import Connection, Export, Mapping, Run, RunCounts, RunStatus, Source, new_id, utcnow
-from exporter.runs import new_run_id
-from exporter.secrets import SecretNotFoundError
+from exporter.lifecycle.start import new_run_id
 from exporter.services import Services, build_services
-from exporter.storage import Storage
+from exporter.state.clients import StorageClients
+from exporter.state.secrets import SecretNotFoundError
+from tests.apphelpers import ADMIN, ANONYMOUS, CONTRIBUTOR, NO_ROLE, as_user, call, table_rows, use_services
+from tests.conftest import DEV_STORAGE, TEST_API_KEY
 from tests.keyvault_fake import make_keyvault_store
 
 SEGMENT = "AccessSeg"
@@ -58,14 +59,14 @@ def modes(azurite_storage, module_sandbox):
     env = {"AzureWebJobsStorage": DEV_STORAGE, "OMNISEND_API_URL": module_sandbox.url, "REFRESH_SETTLE_SECONDS": "0",
            "BATCH_CHECK_DELAY_SECONDS": "1", "OMNISEND_TIMEOUT_SECONDS": "5"}
     dev = build_services(load_settings({**env, "EXPORTER_DEV_MODE": "1"}))
-    dev.storage.ensure_resources()
+    dev.clients.ensure_resources()
     store, vault = make_keyvault_store()
     platform_settings = load_settings({**env, "WEBSITE_AUTH_ENABLED": "true", "KEY_VAULT_URL": vault.vault_url})
     assert platform_settings.platform_auth_enabled and not platform_settings.dev_mode
-    platform = Services(platform_settings, Storage(platform_settings), store)
+    platform = Services(platform_settings, StorageClients(platform_settings), store)
     off_settings = load_settings(env)
     assert not off_settings.platform_auth_enabled and not off_settings.dev_mode
-    off = Services(off_settings, Storage(off_settings), store)
+    off = Services(off_settings, StorageClients(off_settings), store)
     return {"dev": dev, "platform": platform, "off": off}
 
 
@@ -85,17 +86,17 @@ class Side:
 
 def reset_state(storage) -> None:
     """Empty the app's tables and queues (the resources exist already: cheaper than clear_app_state)."""
-    for table in (storage.connections, storage.exports, storage.runs, storage.batches):
+    for table in storage.app_tables().values():
         for e in table.list_entities(select=["PartitionKey", "RowKey"]):
             table.delete_entity(e["PartitionKey"], e["RowKey"])
-    for q in (storage.run_queue, storage.batch_queue):
+    for q in (storage.queue(config.QUEUE_RUNS), storage.queue(config.QUEUE_BATCHES)):
         q.clear_messages()
 
 
 def build_world(modes: dict[str, Services], source: Source) -> dict[str, Side]:
     """The same world for every configuration: one set of tables, the key in every configuration's store."""
     svc = modes["dev"]
-    reset_state(svc.storage)
+    reset_state(svc.clients)
     now = utcnow()
     sides = {}
     for key, allow in (("open", True), ("closed", False)):
@@ -103,19 +104,19 @@ def build_world(modes: dict[str, Services], source: Source) -> dict[str, Side]:
                           data_privacy_consent=True, consented_by="admin@contoso", consented_at=now, created_at=now)
         for store in {id(m.secrets): m.secrets for m in modes.values()}.values():
             store.set(conn.secret_name, TEST_API_KEY)
-        svc.storage.put_connection(conn)
+        svc.connections.put(conn)
         exports = []
         for name in ("main", "busy"):
             x = Export(id=new_id(), name=f"{key} {name}", connection_id=conn.id, source=source,
                        mapping=Mapping.from_api(MAPPING), enabled=True, created_at=now, updated_at=now)
-            svc.storage.put_export(x)
+            svc.exports.put(x)
             exports.append(x)
         runs = []
         for x, status in ((exports[0], RunStatus.SUCCEEDED), (exports[1], RunStatus.UPLOADING)):
             r = Run(id=new_run_id(), export_id=x.id, connection_id=conn.id, trigger="manual", status=status,
                     counts=RunCounts(), created_at=now, started_at=now,
                     finished_at=now if status.is_final else None)
-            svc.storage.create_run(r)
+            svc.runs.create(r)
             runs.append(r)
         sides[key] = Side(conn, exports[0], exports[1], runs[0], runs[1])
     return sides
@@ -285,7 +286,7 @@ def test_permission_table(label, caller, mode, expected, installed, source, worl
     side = world[caller.side]
     other = world["open" if caller.side == "closed" else "closed"]
     endpoint = BY_LABEL[label]
-    before = table_rows(svc.storage)
+    before = table_rows(svc.clients)
     if endpoint.method != "GET":
         world_cache["world"] = None  # rebuilt for the next cell unless this call is shown to change nothing
 
@@ -312,7 +313,7 @@ def test_permission_table(label, caller, mode, expected, installed, source, worl
             assert body["title"] == "Authentication is not configured"
             assert "WEBSITE_AUTH_ENABLED" in body["detail"]
         # a refused call changed nothing
-        assert table_rows(svc.storage) == before
+        assert table_rows(svc.clients) == before
         for s in world.values():
             assert secret_exists(svc, s.connection)
         world_cache["world"] = world
@@ -320,7 +321,7 @@ def test_permission_table(label, caller, mode, expected, installed, source, worl
 
     # allowed: the call did what it says, and a contributor sees only what they may use
     is_admin = caller.key == "admin"
-    storage = svc.storage
+    storage = svc
     if label == "GET /connections":
         listed = {c["id"]: c for c in body["connections"]}
         if is_admin:
@@ -331,7 +332,7 @@ def test_permission_table(label, caller, mode, expected, installed, source, worl
             assert listed == {open_conn.id: {"id": open_conn.id, "displayName": open_conn.display_name}}
     elif label == "POST /connections":
         assert "apiKey" not in body and body["consentedBy"] == "alice@contoso"
-        created = storage.get_connection(body["id"])
+        created = storage.connections.get(body["id"])
         assert created is not None and svc.secrets.get(created.secret_name) == TEST_API_KEY
     elif label == "GET /connections/{id}":
         if is_admin:
@@ -339,24 +340,24 @@ def test_permission_table(label, caller, mode, expected, installed, source, worl
         else:
             assert body == {"id": side.connection.id, "displayName": side.connection.display_name}
     elif label == "DELETE /connections/{id}":
-        assert storage.get_connection(side.connection.id) is None
+        assert storage.connections.get(side.connection.id) is None
         assert not secret_exists(svc, side.connection)
         assert secret_exists(svc, other.connection)
-        assert storage.get_export(side.export.id).enabled is False
+        assert storage.exports.get(side.export.id).enabled is False
     elif label == "GET /exports":
         listed = {x["id"] for x in body["exports"]}
         usable = {world["open"].export.id, world["open"].busy_export.id}
         assert listed == (usable | {world["closed"].export.id, world["closed"].busy_export.id} if is_admin else usable)
     elif label == "POST /exports":
-        assert storage.get_export(body["id"]).connection_id == side.connection.id
+        assert storage.exports.get(body["id"]).connection_id == side.connection.id
     elif label == "GET /exports/{id}":
         assert body["id"] == side.export.id and body["mapping"] == MAPPING
     elif label == "PUT /exports/{id}":
-        assert storage.get_export(side.export.id).name == "Changed"
+        assert storage.exports.get(side.export.id).name == "Changed"
     elif label == "DELETE /exports/{id}":
-        assert storage.get_export(side.export.id) is None
+        assert storage.exports.get(side.export.id) is None
     elif label == "POST /exports/{id}/runs":
-        assert body["status"] == "queued" and storage.get_run(body["runId"]).export_id == side.export.id
+        assert body["status"] == "queued" and storage.runs.get(body["runId"]).export_id == side.export.id
     elif label == "GET /exports/{id}/runs":
         assert [r["runId"] for r in body["runs"]] == [side.done_run.id]
     elif label == "GET /runs/{id}":
@@ -364,7 +365,7 @@ def test_permission_table(label, caller, mode, expected, installed, source, worl
     elif label == "GET /runs/{id}/rejects":
         assert res.mimetype == "text/csv" and res.get_body().startswith(b"stage,partition,row,email,reason,detail")
     elif label == "POST /runs/{id}/cancel":
-        run = storage.get_run(side.busy_run.id)
+        run = storage.runs.get(side.busy_run.id)
         assert run.status is RunStatus.CANCELLED and run.error == f"Cancelled by {'alice@contoso' if is_admin else 'marketer@dev'}."
     elif label == "GET /health":
         assert set(body) == {"status", "problems", "lastTimerTick", "stuckRuns", "poisonMessages"}
@@ -383,13 +384,13 @@ def test_permission_table(label, caller, mode, expected, installed, source, worl
 def test_contributor_cannot_move_an_export_to_an_admins_only_connection(installed, source, fresh_world):
     svc = installed("platform")
     world = fresh_world
-    before = table_rows(svc.storage)
+    before = table_rows(svc.clients)
     status, body, _ = call("export", "PUT", "exports/x", export_body(world["closed"], source), headers=CONTRIBUTOR,
                            route_params={"id": world["open"].export.id})
     assert status == 403 and "a Contributor may not move an export to it." in body["detail"]
     status, body, _ = call("exports", "POST", "exports", export_body(world["closed"], source), headers=CONTRIBUTOR)
     assert status == 403 and "'Closed connection' is for admins only" in body["detail"]
-    assert table_rows(svc.storage) == before
+    assert table_rows(svc.clients) == before
     # ... while an admin may
     status, body, _ = call("export", "PUT", "exports/x", export_body(world["closed"], source),
                            headers=as_user("alice@contoso", ROLE_ADMIN), route_params={"id": world["open"].export.id})
@@ -446,7 +447,7 @@ def test_unreadable_principal_header_is_401_not_500(installed, value):
 def test_header_is_refused_unless_the_platform_says_auth_is_on(modes, installed, auth):
     env = {"AzureWebJobsStorage": DEV_STORAGE, "WEBSITE_AUTH_ENABLED": auth}
     off = modes["off"]
-    svc = Services(load_settings(env), off.storage, off.secrets)
+    svc = Services(load_settings(env), off.clients, off.secrets)
     restore = use_services(svc)
     try:
         for headers in (ADMIN, ANONYMOUS, CONTRIBUTOR):

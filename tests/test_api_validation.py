@@ -15,10 +15,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import call, create_connection, create_export
-from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import COLUMNS, generate_profiles, write_segment_refresh
-from exporter.validation import MAX_BODY_BYTES
+from exporter.api.validation import MAX_BODY_BYTES
+from tests.apphelpers import call, create_connection, create_export
+from tests.conftest import TEST_API_KEY
 
 MAPPING = {"email": "PrimaryEmail", "firstName": "FirstName", "lastName": "LastName", "country": "Country"}
 HEADER_COLUMNS = ("Id", "Email", "Given", "Family")
@@ -121,7 +121,7 @@ def test_a_body_that_is_not_an_object_is_400(raw, export):
 
 
 def test_oversized_bodies_are_refused_before_anything_else(export, conn, container, module_services):
-    before = len(module_services.storage.list_connections()), len(module_services.storage.list_exports())
+    before = len(module_services.connections.list()), len(module_services.exports.list())
     pad = "x" * (MAX_BODY_BYTES + 1)
     bodies = [connection_body(displayName=pad), export_body(conn, container, name=pad),
               export_body(conn, container, name=pad)]
@@ -136,7 +136,7 @@ def test_oversized_bodies_are_refused_before_anything_else(export, conn, contain
     assert len(raw) <= MAX_BODY_BYTES
     status, body, res = call("connections", "POST", "connections", raw)
     assert_bad_request(status, body, res, {"displayName": "invalid"})
-    assert (len(module_services.storage.list_connections()), len(module_services.storage.list_exports())) == before
+    assert (len(module_services.connections.list()), len(module_services.exports.list())) == before
 
 
 def test_unknown_fields_are_named_top_level_and_nested(conn, container, export):
@@ -232,13 +232,13 @@ ODD_IDS = [uuid.uuid4().hex, "0000000000000deadbeef", "x'y", 'q"q', "a#b", "a?b=
 
 @pytest.mark.parametrize("function, method", ID_ROUTES)
 def test_unknown_or_odd_ids_are_404(function, method, conn, container, module_services):
-    before = len(module_services.storage.list_exports())
+    before = len(module_services.exports.list())
     for rid in ODD_IDS:
         payload = export_body(conn, container) if method == "PUT" else None
         status, body, res = call(function, method, "x", payload, route_params={"id": rid})
         assert status == 404, (rid, body)
         assert res.mimetype == "application/problem+json" and body["title"] == "Not found"
-    assert len(module_services.storage.list_exports()) == before
+    assert len(module_services.exports.list()) == before
 
 
 def test_unknown_id_with_a_bad_body_is_404(conn):
@@ -268,7 +268,7 @@ def test_every_mapped_column_must_exist_in_the_model_json_schema(conn, container
         assert "'GivenName'" in messages["mapping.firstName"] and "'Town'" in messages["mapping.city"]
         for message in messages.values():
             assert "available columns: " + ", ".join(COLUMNS) in message
-    assert module_services.storage.get_export(export["id"]).mapping.to_api() == MAPPING  # the PUT changed nothing
+    assert module_services.exports.get(export["id"]).mapping.to_api() == MAPPING  # the PUT changed nothing
 
 
 def test_mapped_columns_are_checked_against_the_csv_header(conn, container):
@@ -295,7 +295,7 @@ def test_the_connection_must_exist(conn, container, export, module_services):
                                  route_params=route)
         assert_bad_request(status, body, res, {"connectionId": "unknown"})
         assert gone in body["errors"][0]["message"]
-    assert module_services.storage.get_export(export["id"]).connection_id == conn["id"]
+    assert module_services.exports.get(export["id"]).connection_id == conn["id"]
 
 
 def test_a_source_without_a_refresh_is_saved_with_a_notice(conn, container, module_services):
@@ -304,7 +304,7 @@ def test_a_source_without_a_refresh_is_saved_with_a_notice(conn, container, modu
         mapping={"email": "AnyColumnForNow"}))
     assert status == 201, body
     assert len(body["notices"]) == 1 and "has no refresh" in body["notices"][0] and "Future" in body["notices"][0]
-    assert module_services.storage.get_export(body["id"]) is not None
+    assert module_services.exports.get(body["id"]) is not None
     assert call("export_runs", "GET", "x", route_params={"id": body["id"]})[1]["runs"] == []  # saving ran nothing
     status, problem, _ = call("export_runs", "POST", "x", route_params={"id": body["id"]})
     assert status == 409 and problem["title"] == "Nothing to export"
@@ -320,13 +320,13 @@ def test_a_source_without_a_refresh_is_checked_against_model_json_when_it_descri
 
 
 def test_a_missing_container_is_400_naming_source_container(conn, container, module_services):
-    before = len(module_services.storage.list_exports())
+    before = len(module_services.exports.list())
     missing = f"nosuch{uuid.uuid4().hex[:8]}"
     status, body, res = call("exports", "POST", "exports", export_body(
         conn, container, source={"container": missing, "folder": "ci", "segment": "VIP"}))
     assert_bad_request(status, body, res, {"source.container": "not_found"})
     assert missing in body["errors"][0]["message"]
-    assert len(module_services.storage.list_exports()) == before
+    assert len(module_services.exports.list()) == before
 
 
 def test_an_unreadable_schema_is_400_naming_the_source(conn, container):
@@ -342,10 +342,10 @@ def test_a_valid_export_is_saved_and_replaced_without_running(conn, container, e
                                                              mapping={"email": "PrimaryEmail"}),
                            route_params={"id": export["id"]})
     assert status == 200, body
-    saved = module_services.storage.get_export(export["id"])
+    saved = module_services.exports.get(export["id"])
     assert saved.name == "Renamed" and saved.enabled is False and saved.mapping.to_api() == {"email": "PrimaryEmail"}
     assert body["createdAt"] == export["createdAt"]
-    assert module_services.storage.list_runs(export["id"]) == []
+    assert module_services.runs.list(export["id"]) == []
 
 
 def test_connection_create_validation_lists_every_bad_field():

@@ -13,7 +13,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import (
+from exporter.devhost.local_runner import LocalHost
+from exporter.domain.reasons import REASON_NOT_SENT_UNREADABLE
+from exporter.segments import blobs
+from tests.apphelpers import (
     call,
     create_connection,
     create_export,
@@ -22,9 +25,7 @@ from apphelpers import (
     start_run,
     wait_for_run,
 )
-from conftest import TEST_API_KEY, TEST_BRAND
-from exporter import planner, segments
-from exporter.local_runner import LocalHost
+from tests.conftest import TEST_API_KEY, TEST_BRAND
 
 SEG = "Members"
 FOLDER = "ci"
@@ -131,7 +132,7 @@ def test_contacts_read_before_an_unreadable_line_are_each_reported_as_not_sent(s
     c = run["counts"]
     assert run["status"] == "failed" and run["countsFinal"] is True and "Nothing was sent" in run["error"]
     adds_up(run)
-    reason = planner.REASON_NOT_SENT_UNREADABLE
+    reason = REASON_NOT_SENT_UNREADABLE
     assert c["failedByReason"] == {reason: c["failed"]} and c["failed"] == c["queued"] > 100
     not_sent = [r for r in report_rows(run["runId"]) if r["reason"] == reason]
     assert len(not_sent) == c["failed"]
@@ -235,7 +236,7 @@ def test_crlf_lf_and_line_breaks_inside_values(services, workers, sandbox, conn,
 
 
 def test_a_1mb_field(services, workers, sandbox, conn, segment_container, monkeypatch):
-    monkeypatch.setattr(segments, "DOWNLOAD_CHUNK_BYTES", 256 * 1024)  # the field spans several reads
+    monkeypatch.setattr(blobs, "DOWNLOAD_CHUNK_BYTES", 256 * 1024)  # the field spans several reads
     model_json(segment_container)
     huge = "x" * 1_000_000
     put(segment_container, part(), rows(*people(1, 3), ("4", huge, "huge-name4@example.com", "LT"),  # mapped
@@ -325,7 +326,7 @@ def test_a_missing_container(services, sandbox, conn, segment_container, blob_se
     try:
         text = problem_of(*call("export_runs", "POST", "", route_params={"id": export["id"]})[:2], 409)
         assert "does not exist" in text and segment_container.container_name in text
-        with LocalHost(services.storage, port=0, batch_workers=2, run_workers=1, timer=False, idle_sleep=0.2):
+        with LocalHost(services.clients, port=0, batch_workers=2, run_workers=1, timer=False, idle_sleep=0.2):
             run = wait_for_run(queued, timeout=60)
         assert run["status"] == "failed" and segment_container.container_name in run["error"]
         assert "does not exist" in run["error"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 def test_the_benchmarks_run_end_to_end_and_their_counts_add_up(azurite_storage, tmp_path):
     from benchmarks.__main__ import markdown, parse, run, tables
     from benchmarks.planning import services
-    from conftest import clear_app_state
+    from tests.conftest import clear_app_state
 
-    storage = services().storage
+    storage = services().clients
     clear_app_state(storage)  # the app's tables and queues have fixed names: start from what other tests left
     try:
         args = parse(["--smoke", "--out", str(tmp_path / "benchmarks.md")])

@@ -9,7 +9,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import (
+from devtools.sample_segment import generate_profiles, write_segment_refresh
+from exporter import config, segments
+from exporter.devhost.local_runner import LocalHost
+from tests.apphelpers import (
     call,
     create_connection,
     create_export,
@@ -19,10 +22,7 @@ from apphelpers import (
     wait_for_final,
     wait_for_run,
 )
-from conftest import TEST_API_KEY, TEST_BRAND
-from devtools.sample_segment import generate_profiles, write_segment_refresh
-from exporter import config, segments
-from exporter.local_runner import LocalHost
+from tests.conftest import TEST_API_KEY, TEST_BRAND
 
 ROWS = 5000  # 50 batches: plenty left to cancel
 WORKERS = 4
@@ -58,7 +58,7 @@ def created(sandbox) -> int:
 
 
 def local_host(services, app_env) -> LocalHost:
-    return LocalHost(services.storage, port=0, batch_workers=WORKERS, run_workers=1, timer=False, idle_sleep=0.2,
+    return LocalHost(services.clients, port=0, batch_workers=WORKERS, run_workers=1, timer=False, idle_sleep=0.2,
                      env=app_env)
 
 
@@ -118,7 +118,7 @@ def test_a_run_cancelled_before_planning_sends_nothing(services, sandbox, export
     assert status == 202 and body["status"] == "cancelled"
     with local_host(services, app_env):
         deadline = time.monotonic() + 30
-        while services.storage.queue_length(config.QUEUE_RUNS):  # the planner takes the message, and drops it
+        while services.queue_length(config.QUEUE_RUNS):  # the planner takes the message, and drops it
             assert time.monotonic() < deadline
             time.sleep(0.1)
         time.sleep(1)
@@ -180,7 +180,7 @@ def test_a_run_cancelled_while_planning_lists_every_contact_as_not_sent(services
     assert run["status"] == "cancelled" and run["error"].startswith("Cancelled by")
     assert c["read"] == c["queued"] == c["failed"] == ROWS and c["batches"] == 0
     assert c["failedByReason"] == {NOT_SENT: ROWS}
-    assert created(sandbox) == 0 and services.storage.queue_length(config.QUEUE_BATCHES) == 0
+    assert created(sandbox) == 0 and services.queue_length(config.QUEUE_BATCHES) == 0
     never_ended_with_open_counts(run_views)
 
     not_sent = [r for r in report_rows(run_id) if r["reason"] == NOT_SENT]

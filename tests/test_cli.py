@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from apphelpers import call
-from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import generate_profiles, write_segment_refresh
-from exporter.secrets import SecretNotFoundError
+from exporter.state.secrets import SecretNotFoundError
+from tests.apphelpers import call
+from tests.conftest import TEST_API_KEY, TEST_BRAND
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +52,7 @@ def test_connections_exports_and_run_from_the_command_line(services, workers, sa
     conn = json.loads(done.stdout)
     assert conn["displayName"] == "CLI Omnisend" and conn["consentedBy"] == "local-admin@dev"
     assert conn["allowContributors"] is False and "apiKey" not in conn
-    assert services.secrets.get(services.storage.get_connection(conn["id"]).secret_name) == TEST_API_KEY
+    assert services.secrets.get(services.connections.get(conn["id"]).secret_name) == TEST_API_KEY
     done = cli("connections", "--url", url, "add", "--name", "Shared", "--consent", "--allow-contributors",
                "--max-profiles", "5000", key=TEST_API_KEY)
     assert done.returncode == 0, done.stderr
@@ -93,11 +93,11 @@ def test_connections_exports_and_run_from_the_command_line(services, workers, sa
 
     # remove: the export, then the connection (its secret goes too)
     done = cli("exports", "remove", export["id"], "--url", url)
-    assert done.returncode == 0 and services.storage.get_export(export["id"]) is None
-    secret = services.storage.get_connection(conn["id"]).secret_name
+    assert done.returncode == 0 and services.exports.get(export["id"]) is None
+    secret = services.connections.get(conn["id"]).secret_name
     done = cli("connections", "remove", conn["id"], "--url", url)
     assert done.returncode == 0 and "removed" in done.stdout
-    assert services.storage.get_connection(conn["id"]) is None
+    assert services.connections.get(conn["id"]) is None
     with pytest.raises(SecretNotFoundError):
         services.secrets.get(secret)
     assert [line.split()[0] for line in cli("connections", "list", "--url", url).stdout.splitlines()] == [shared["id"]]
@@ -113,7 +113,7 @@ def test_cli_errors_say_what_to_fix(services, workers, segment):
     done = cli("connections", "add", "--url", url, "--name", "Zero", "--consent", "--max-profiles", "0",
                key=TEST_API_KEY)
     assert done.returncode == 1 and "maxProfilesPerExport: must be 1 to" in done.stderr, done.stderr
-    assert services.storage.list_connections() == []
+    assert services.connections.list() == []
 
     conn = json.loads(cli("connections", "add", "--url", url, "--name", "Ok", "--consent", key=TEST_API_KEY).stdout)
     done = cli("exports", "add", "--url", url, "--name", "Bad", "--connection", conn["id"], "--container", segment,
@@ -125,7 +125,7 @@ def test_cli_errors_say_what_to_fix(services, workers, segment):
     assert done.returncode == 2 and "expected FIELD=COLUMN" in done.stderr
     done = cli("exports", "show", uuid.uuid4().hex, "--url", url)
     assert done.returncode == 1 and "404" in done.stderr
-    assert services.storage.list_exports() == []
+    assert services.exports.list() == []
 
     done = cli("connections", "list", "--url", "http://127.0.0.1:9/api")
     assert done.returncode == 1 and "Cannot reach the exporter API" in done.stderr and "Traceback" not in done.stderr
@@ -148,7 +148,7 @@ def test_run_wait_ends_for_a_run_that_fails_before_sending(services, workers, sa
 def test_the_report_says_which_changed_members_kept_their_tag():
     import io
 
-    from exporter.cli import print_counts
+    from exporter.devhost.cli import print_counts
 
     counts = {"read": 10, "confirmed": 4, "rejected": 0, "rejectedByReason": {}, "duplicates": 0, "failed": 0,
               "failedByReason": {}, "skipped": 6, "tagged": 1, "alreadyTagged": 3, "left": 0, "untagged": 0}

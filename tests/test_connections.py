@@ -20,7 +20,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import (
+from devtools.sample_segment import generate_profiles, write_segment_refresh
+from exporter.domain import parse_iso
+from exporter.domain.reasons import REASON_NOT_SENT_OVER_LIMIT
+from exporter.services import Services
+from exporter.state.secrets import SecretNotFoundError
+from tests.apphelpers import (
     CONTRIBUTOR,
     SAMPLE_MAPPING,
     call,
@@ -34,12 +39,7 @@ from apphelpers import (
     wait_for_final,
     wait_for_run,
 )
-from conftest import TEST_API_KEY, TEST_BRAND
-from devtools.sample_segment import generate_profiles, write_segment_refresh
-from exporter.domain import parse_iso
-from exporter.planner import REASON_NOT_SENT_OVER_LIMIT
-from exporter.secrets import SecretNotFoundError
-from exporter.services import Services
+from tests.conftest import TEST_API_KEY, TEST_BRAND
 from tests.keyvault_fake import make_keyvault_store
 
 FIVE_MINUTES_AGO = datetime.now(timezone.utc) - timedelta(minutes=5)
@@ -57,7 +57,7 @@ def dev_secrets(services) -> dict:
 
 
 def nothing_saved(services) -> None:
-    assert services.storage.list_connections() == []
+    assert services.connections.list() == []
     assert dev_secrets(services) == {}
 
 
@@ -85,7 +85,7 @@ def test_create_records_consent_and_keeps_the_key_only_in_the_secret_store(servi
     assert created["maxProfilesPerExport"] is None
     assert res.headers["Location"].endswith(f"/api/connections/{created['id']}")
 
-    conn = services.storage.get_connection(created["id"])
+    conn = services.connections.get(created["id"])
     assert conn.consented_by == "local-admin@dev" and before <= conn.consented_at <= after
     assert dev_secrets(services) == {conn.secret_name: TEST_API_KEY}
     assert services.secrets.get(conn.secret_name) == TEST_API_KEY
@@ -98,7 +98,7 @@ def test_create_records_consent_and_keeps_the_key_only_in_the_secret_store(servi
 def test_allow_contributors_and_limit_are_recorded(services):
     created = create_connection(TEST_API_KEY, name="Shared", allowContributors=True, maxProfilesPerExport=25000)
     assert created["allowContributors"] is True and created["maxProfilesPerExport"] == 25000
-    conn = services.storage.get_connection(created["id"])
+    conn = services.connections.get(created["id"])
     assert conn.allow_contributors is True and conn.max_profiles_per_export == 25000
     listed = call("connections", "GET", "connections", headers=CONTRIBUTOR)[1]["connections"]
     assert listed == [{"id": created["id"], "displayName": "Shared"}]  # no details for a contributor
@@ -147,7 +147,7 @@ def test_display_name_is_unique_ignoring_case(services):
         assert status == 400, problem
         assert problem["errors"] == [{"field": "displayName", "code": "duplicate",
                                       "message": f"a connection named {name.strip()!r} exists"}]
-    assert [c.id for c in services.storage.list_connections()] == [first["id"]]
+    assert [c.id for c in services.connections.list()] == [first["id"]]
     assert len(dev_secrets(services)) == 1
 
 
@@ -192,7 +192,7 @@ def test_a_key_omnisend_rejects_is_422_and_nothing_is_saved(services, sandbox):
 
 def test_unreachable_omnisend_is_502_a_different_error_and_nothing_is_saved(services):
     url = f"http://127.0.0.1:{closed_port()}/api/"
-    unreachable = Services(dataclasses.replace(services.settings, omnisend_api_url=url), services.storage,
+    unreachable = Services(dataclasses.replace(services.settings, omnisend_api_url=url), services.clients,
                            services.secrets)
     restore = use_services(unreachable)
     try:
@@ -249,7 +249,7 @@ def test_the_key_never_appears_in_responses_logs_tables_or_reports(services, wor
     container = segment_container.container_name
 
     assert api("connections", "POST", "connections", body(apiKey=TEST_API_KEY, displayName="Main"))[0] == 201
-    conn_id = services.storage.list_connections()[0].id
+    conn_id = services.connections.list()[0].id
     assert api("connections", "POST", "connections", body(apiKey=TEST_API_KEY + "-wrong", displayName="Bad"))[0] == 422
     assert api("connections", "POST", "connections", body(apiKey=f" {TEST_API_KEY} x"))[0] == 400
     assert api("connections", "POST", "connections", body(apiKey=TEST_API_KEY, displayName="main"))[0] == 400
@@ -270,11 +270,11 @@ def test_the_key_never_appears_in_responses_logs_tables_or_reports(services, wor
     api("export_runs", "GET", "", route_params={"id": export["id"]})
     api("run", "GET", "", route_params={"id": run["runId"]})
     api("run_rejects", "GET", "", route_params={"id": run["runId"]})
-    stored = stored_texts(services.storage)  # before the delete: the run, its batches and its report exist
+    stored = stored_texts(services.clients)  # before the delete: the run, its batches and its report exist
     assert any(where.startswith("table batches") for where, _ in stored)
     assert any(where.endswith("/rejects.csv") for where, _ in stored)
     assert api("connection", "DELETE", "", route_params={"id": conn_id})[0] == 204
-    stored += stored_texts(services.storage)
+    stored += stored_texts(services.clients)
 
     assert caplog.records, "the scan must have seen log records"
     for key in (TEST_API_KEY, other_key):
@@ -293,7 +293,7 @@ def test_keys_go_to_key_vault_and_are_deleted_from_it(services, sandbox, caplog)
     store, vault = make_keyvault_store()
     kv_settings = dataclasses.replace(services.settings, key_vault_url=vault.vault_url, dev_mode=False,
                                       platform_auth_enabled=True)
-    restore = use_services(Services(kv_settings, services.storage, store))
+    restore = use_services(Services(kv_settings, services.clients, store))
     try:
         status, created, res = call("connections", "POST", "connections", body())
         assert status == 201, created
@@ -314,7 +314,7 @@ def test_keys_go_to_key_vault_and_are_deleted_from_it(services, sandbox, caplog)
         assert call("connection", "GET", "", route_params={"id": created["id"]})[0] == 404
     finally:
         restore()
-    for text in _log_texts(caplog.records) + [t for _, t in stored_texts(services.storage)]:
+    for text in _log_texts(caplog.records) + [t for _, t in stored_texts(services.clients)]:
         assert TEST_API_KEY not in text
 
 
@@ -384,8 +384,8 @@ def test_delete_removes_the_secret_and_disables_its_exports_keeping_everything_e
     a = create_export(doomed["id"], container, "ci", "Del")
     b = create_export(doomed["id"], container, "ci", "Del", mapping={"email": "PrimaryEmail"}, enabled=False)
     c = create_export(kept["id"], container, "ci", "Del")
-    secret = services.storage.get_connection(doomed["id"]).secret_name
-    kept_rows = table_rows(services.storage)["exports"]
+    secret = services.connections.get(doomed["id"]).secret_name
+    kept_rows = table_rows(services.clients)["exports"]
 
     status, problem, _ = call("connection", "DELETE", "", headers=CONTRIBUTOR, route_params={"id": doomed["id"]})
     assert status == 403 and services.secrets.get(secret) == TEST_API_KEY
@@ -394,7 +394,7 @@ def test_delete_removes_the_secret_and_disables_its_exports_keeping_everything_e
 
     with pytest.raises(SecretNotFoundError):
         services.secrets.get(secret)
-    assert services.storage.get_connection(doomed["id"]) is None
+    assert services.connections.get(doomed["id"]) is None
     assert call("connection", "GET", "", route_params={"id": doomed["id"]})[0] == 404
     assert call("connection", "DELETE", "", route_params={"id": doomed["id"]})[0] == 404
     for before in (a, b):
@@ -405,9 +405,9 @@ def test_delete_removes_the_secret_and_disables_its_exports_keeping_everything_e
         assert {k: after[k] for k in unchanged} == unchanged  # nothing else about the export is lost
     assert call("export", "GET", "", route_params={"id": c["id"]})[1] == {
         k: v for k, v in c.items() if k != "notices"}
-    assert [r for r in table_rows(services.storage)["exports"] if r["RowKey"] == c["id"]] == \
+    assert [r for r in table_rows(services.clients)["exports"] if r["RowKey"] == c["id"]] == \
         [r for r in kept_rows if r["RowKey"] == c["id"]]
-    assert services.secrets.get(services.storage.get_connection(kept["id"]).secret_name) == TEST_API_KEY
+    assert services.secrets.get(services.connections.get(kept["id"]).secret_name) == TEST_API_KEY
 
     status, problem, _ = call("export_runs", "POST", "", route_params={"id": a["id"]})
     assert status == 409 and problem["title"] == "Export disabled" and "'Doomed' was removed" in problem["detail"]
@@ -431,7 +431,7 @@ def test_delete_during_a_run_stops_it_from_sending(services, workers, sandbox, s
 
     deadline = time.monotonic() + 60
     while True:  # wait until Omnisend has accepted the first batches, then remove the destination
-        run = services.storage.get_run(run_id)
+        run = services.runs.get(run_id)
         if run.counts.batches_sent > 0:
             break
         assert not run.status.is_final and time.monotonic() < deadline, run

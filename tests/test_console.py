@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from apphelpers import CONTRIBUTOR, call, create_connection, create_export, use_services, wait_for_run
-from conftest import ROOT, TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import COLUMNS, generate_profiles, write_segment_refresh
 from exporter.blueprints.console import ASSETS, CONSOLE_DIR
+from tests.apphelpers import CONTRIBUTOR, call, create_connection, create_export, use_services, wait_for_run
+from tests.conftest import ROOT, TEST_API_KEY, TEST_BRAND
 
 try:
     from playwright.sync_api import expect
@@ -107,7 +107,7 @@ def test_outside_development_mode_the_page_has_no_development_identity(services)
     from exporter.services import Services
 
     platform = Services(load_settings({"AzureWebJobsStorage": "UseDevelopmentStorage=true",
-                                       "WEBSITE_AUTH_ENABLED": "true"}), services.storage, services.secrets)
+                                       "WEBSITE_AUTH_ENABLED": "true"}), services.clients, services.secrets)
     restore = use_services(platform)
     try:
         status, _, res = call("console", "GET", "console/", route_params={"path": ""})
@@ -235,7 +235,7 @@ def test_admin_connects_maps_runs_and_sees_the_counts_of_the_sandbox(page, worke
     page.get_by_label("I agree to the data privacy and compliance terms above").check()
     page.get_by_role("button", name="Connect").click()
     page.get_by_text("Connected: Omnisend accepted the API key. Nothing was saved.").wait_for()
-    assert services.storage.list_connections() == []  # Connect saved nothing
+    assert services.connections.list() == []  # Connect saved nothing
     shot(page, "connections-connect")
     page.get_by_role("button", name="Save").click()
     page.get_by_text('Connection "Omnisend EU store" saved.', exact=False).wait_for()
@@ -245,7 +245,7 @@ def test_admin_connects_maps_runs_and_sees_the_counts_of_the_sandbox(page, worke
     row.get_by_text("Omnisend EU store").wait_for()
     assert row.count() == 1 and "Admins and contributors" in row.inner_text() and "local-admin@dev" in row.inner_text()
     assert TEST_API_KEY not in page.content()
-    (conn,) = services.storage.list_connections()
+    (conn,) = services.connections.list()
     assert conn.allow_contributors and conn.consented_by == "local-admin@dev"
     assert not unlabelled_controls(page)
     shot(page, "connections")
@@ -280,11 +280,11 @@ def test_admin_connects_maps_runs_and_sees_the_counts_of_the_sandbox(page, worke
     page.get_by_text('Export "VIP customers" saved. Saving does not run it.').wait_for()
     page.get_by_text("No runs yet.", exact=False).wait_for()
     export_id = page.evaluate("location.hash").rsplit("/", 1)[1]
-    saved = services.storage.get_export(export_id)
+    saved = services.exports.get(export_id)
     assert saved.mapping.to_api() == {"email": "PrimaryEmail", "firstName": "FirstName", "country": "Country",
                                       "city": "City"}
     assert saved.tag == "VIP customers" and saved.connection_id == conn.id and saved.enabled
-    assert services.storage.list_runs(export_id) == []  # saving ran nothing
+    assert services.runs.list(export_id) == []  # saving ran nothing
 
     # Run now: the progress bar moves until every queued contact is confirmed or failed
     page.get_by_role("button", name="Run now").click()
@@ -410,7 +410,7 @@ def test_a_connection_is_added_and_removed_with_the_keyboard_alone(page, workers
     assert page.evaluate("document.activeElement.id") == "conn-save"  # Save is next, and has the focus
     page.keyboard.press("Enter")
     page.get_by_text('Connection "Keyboard store" saved.', exact=False).wait_for()
-    (conn,) = services.storage.list_connections()
+    (conn,) = services.connections.list()
     assert conn.display_name == "Keyboard store" and conn.allow_contributors
 
     page.locator("#connection-list").get_by_text("Keyboard store").wait_for()
@@ -420,4 +420,4 @@ def test_a_connection_is_added_and_removed_with_the_keyboard_alone(page, workers
     assert page.evaluate("document.activeElement.textContent") == "Yes, remove Keyboard store"
     page.keyboard.press("Enter")
     page.get_by_text("No connections yet").wait_for()
-    assert services.storage.list_connections() == []
+    assert services.connections.list() == []

@@ -11,9 +11,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import ANONYMOUS, CONTRIBUTOR, NO_ROLE, call, table_rows
-from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import COLUMNS, generate_profiles, write_segment_refresh
+from tests.apphelpers import ANONYMOUS, CONTRIBUTOR, NO_ROLE, call, table_rows
+from tests.conftest import TEST_API_KEY, TEST_BRAND
 
 HEADER_COLUMNS = ("Id", "Email", "Given", "Family")
 
@@ -134,14 +134,14 @@ def connection_body(**changes):
 
 
 def test_connect_checks_the_key_and_saves_nothing(module_services, module_sandbox):
-    before = table_rows(module_services.storage)
+    before = table_rows(module_services.clients)
     checks = module_sandbox.stats(TEST_BRAND)
     body = connection_body()
     status, res, _ = dry_run(body)
     assert status == 200, res
     assert res["keyAccepted"] is True and res["dryRun"] is True and "Nothing was saved" in res["detail"]
     assert TEST_API_KEY not in str(res)
-    assert table_rows(module_services.storage) == before
+    assert table_rows(module_services.clients) == before
     assert module_sandbox.stats(TEST_BRAND) != checks  # Omnisend was really asked
     # ... and the same body then saves
     status, created, _ = call("connections", "POST", "connections", body)
@@ -149,12 +149,12 @@ def test_connect_checks_the_key_and_saves_nothing(module_services, module_sandbo
 
 
 def test_connect_with_a_rejected_key_is_the_same_422_as_saving(module_services):
-    before = table_rows(module_services.storage)
+    before = table_rows(module_services.clients)
     status, body, _ = dry_run(connection_body(apiKey="not-a-valid-key"))
     assert status == 422 and body["title"] == "API key rejected"
     assert error_fields(body) == {"apiKey": "rejected"}
     assert "not-a-valid-key" not in str(body)
-    assert table_rows(module_services.storage) == before
+    assert table_rows(module_services.clients) == before
 
 
 def test_connect_validates_the_whole_body_like_saving():
@@ -164,10 +164,10 @@ def test_connect_validates_the_whole_body_like_saving():
 
 
 def test_connect_is_for_admins_only(module_services):
-    before = table_rows(module_services.storage)
+    before = table_rows(module_services.clients)
     status, body, _ = dry_run(connection_body(), headers=CONTRIBUTOR)
     assert status == 403 and body["detail"] == "Only an Admin may create connections."
-    assert table_rows(module_services.storage) == before
+    assert table_rows(module_services.clients) == before
 
 
 # --- GET /me -------------------------------------------------------------------------------------

@@ -9,26 +9,29 @@ from collections import Counter
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
-from apphelpers import start_run, wait_for_run
-from conftest import TEST_BRAND
-from exporter import config, planner, uploader
-from test_uploader import as_message, plan_handler, receive, report_rows, segment, setup_export, upload_handler
+from exporter import config
+from exporter.domain.reasons import REASON_INTERNAL
+from exporter.planning import enqueue, spool
+from exporter.workers import batches_queue
+from tests.apphelpers import start_run, wait_for_run
+from tests.conftest import TEST_BRAND
+from tests.test_uploader import as_message, plan_handler, receive, report_rows, segment, setup_export, upload_handler
 
 
 @pytest.fixture
 def small_dispatch(monkeypatch):
     """Dispatch from 5 messages on, 5 lines a dispatch message, and spool blocks of 20 kB (staged while
     the segment is read, several at once): a few hundred rows take the large-run path."""
-    monkeypatch.setattr(planner, "DIRECT_ENQUEUE_LINES", 5)
-    monkeypatch.setattr(planner, "DISPATCH_LINES", 5)
-    monkeypatch.setattr(planner, "SPOOL_BLOCK_BYTES", 20_000)
-    monkeypatch.setattr(planner, "dispatch_stagger", lambda settings: 0)
+    monkeypatch.setattr(enqueue, "DIRECT_ENQUEUE_LINES", 5)
+    monkeypatch.setattr(spool, "DISPATCH_LINES", 5)
+    monkeypatch.setattr(spool, "SPOOL_BLOCK_BYTES", 20_000)
+    monkeypatch.setattr(enqueue, "dispatch_stagger", lambda settings: 0)
 
 
 def drain(services, handle) -> list[dict]:
     """Handle batch-queue messages until none is left (delayed checks included); returns their bodies."""
     seen = []
-    while (m := receive(services.storage, config.QUEUE_BATCHES, wait=3)) is not None:
+    while (m := receive(services.clients, config.QUEUE_BATCHES, wait=3)) is not None:
         seen.append(json.loads(m.content))
         handle(m)
     return seen
@@ -36,7 +39,7 @@ def drain(services, handle) -> list[dict]:
 
 def spool_exists(services, run_id) -> bool:
     try:
-        services.storage.spool_blob(run_id).get_blob_properties()
+        services.clients.artifacts.get_blob_client(f"{run_id}/batches.jsonl").get_blob_properties()
         return True
     except ResourceNotFoundError:
         return False
@@ -46,17 +49,17 @@ def test_a_large_plan_is_enqueued_as_dispatch_messages_that_fan_out_every_batch_
         small_dispatch, services, sandbox, segment_container):
     segment(segment_container, 1_150)  # 12 batches: dispatch messages of 5, 5 and 2
     run_id = start_run(setup_export(segment_container)["id"])["runId"]
-    plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))
+    plan_handler(as_message(receive(services.clients, config.QUEUE_RUNS)))
 
-    queued = services.storage.queue_client(config.QUEUE_BATCHES)
+    queued = services.clients.queue(config.QUEUE_BATCHES)
     # enqueued from several threads: in no particular order
     dispatches = sorted((json.loads(m.content) for m in queued.peek_messages(max_messages=32)), key=lambda d: d["first"])
     assert [(d["type"], d["first"], d["lines"]) for d in dispatches] == [
         ("dispatch", 1, 5), ("dispatch", 6, 5), ("dispatch", 11, 2)]
     assert spool_exists(services, run_id)
-    blocks = services.storage.spool_blob(run_id).get_block_list("committed")[0]
+    blocks = services.clients.artifacts.get_blob_client(f"{run_id}/batches.jsonl").get_block_list("committed")[0]
     assert len(blocks) >= 6  # staged a block at a time, in order
-    lines = services.storage.read_spool(run_id, 0, dispatches[-1]["end"])
+    lines = services.spools.of(run_id).read(0, dispatches[-1]["end"])
     assert [json.loads(line)["batch"] for line in lines] == list(range(1, 13))
 
     def every_message_twice(m):  # at-least-once delivery: each one comes again
@@ -68,7 +71,7 @@ def test_a_large_plan_is_enqueued_as_dispatch_messages_that_fan_out_every_batch_
     assert sorted(sends) == list(range(1, 13)) and set(sends.values()) == {2}  # fanned out twice each...
     assert sandbox.stats(TEST_BRAND)["batchesCreated"] == 12  # ...but sent once each
 
-    plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))  # plan the membership tags
+    plan_handler(as_message(receive(services.clients, config.QUEUE_RUNS)))  # plan the membership tags
     drain(services, every_message_twice)
     run = wait_for_run(run_id, timeout=10)
     c = run["counts"]
@@ -80,48 +83,48 @@ def test_a_large_plan_is_enqueued_as_dispatch_messages_that_fan_out_every_batch_
 def test_dispatch_messages_become_visible_one_after_another(small_dispatch, services, sandbox, segment_container,
                                                             monkeypatch):
     """Batches go out roughly in number order, so that tag waves (by batch number) can start early."""
-    monkeypatch.setattr(planner, "dispatch_stagger", lambda settings: 30)
+    monkeypatch.setattr(enqueue, "dispatch_stagger", lambda settings: 30)
     segment(segment_container, 1_150)  # dispatch messages of 5, 5 and 2 batches
     start_run(setup_export(segment_container)["id"])
-    plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))
-    queued = services.storage.queue_client(config.QUEUE_BATCHES)
+    plan_handler(as_message(receive(services.clients, config.QUEUE_RUNS)))
+    queued = services.clients.queue(config.QUEUE_BATCHES)
     visible = [json.loads(m.content) for m in queued.peek_messages(max_messages=32)]
     assert [(d["type"], d["first"]) for d in visible] == [("dispatch", 1)]
-    assert services.storage.queue_length(config.QUEUE_BATCHES) == 3  # the other two wait 30 and 60 s
+    assert services.queue_length(config.QUEUE_BATCHES) == 3  # the other two wait 30 and 60 s
 
 
 def test_dispatch_keeps_pace_with_the_request_budget(services):
     """Dispatch messages come a little faster than the budget sends their batches (a send and a check each)."""
     at_omnisends_limits = dataclasses.replace(services.settings, omnisend_rate_limit=400, omnisend_rate_window_seconds=60)
-    seconds_of_budget = planner.DISPATCH_LINES * 2 * 60 / 400  # 15 s for 50 batches
-    assert 0.8 * seconds_of_budget <= planner.dispatch_stagger(at_omnisends_limits) < seconds_of_budget
+    seconds_of_budget = spool.DISPATCH_LINES * 2 * 60 / 400  # 15 s for 50 batches
+    assert 0.8 * seconds_of_budget <= enqueue.dispatch_stagger(at_omnisends_limits) < seconds_of_budget
     unlimited = dataclasses.replace(at_omnisends_limits, omnisend_rate_limit=1_000_000, omnisend_rate_window_seconds=1)
-    assert planner.dispatch_stagger(unlimited) < 0.001  # nothing to pace: every dispatch message at once
+    assert enqueue.dispatch_stagger(unlimited) < 0.001  # nothing to pace: every dispatch message at once
 
 
 def test_a_dispatch_message_that_fails_on_every_delivery_accounts_for_its_batches(
         small_dispatch, services, sandbox, segment_container):
     segment(segment_container, 700)  # 7 batches: dispatch messages of 5 and 2
     run_id = start_run(setup_export(segment_container)["id"])["runId"]
-    plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))
+    plan_handler(as_message(receive(services.clients, config.QUEUE_RUNS)))
     # both dispatch messages are visible at once here (no stagger), enqueued by parallel threads in no
     # fixed order: the one of 5 batches is the poisoned one, the other goes back on the queue
-    dispatches = [receive(services.storage, config.QUEUE_BATCHES) for _ in range(2)]
+    dispatches = [receive(services.clients, config.QUEUE_BATCHES) for _ in range(2)]
     assert sorted(json.loads(m.content)["lines"] for m in dispatches) == [2, 5]
     first = next(m for m in dispatches if json.loads(m.content)["lines"] == 5)
-    services.storage.send_batch_message(next(m for m in dispatches if m is not first).content)
-    uploader.handle_poison_message(services, first.content)  # the host gave up on it
+    services.batch_queue.send_text(next(m for m in dispatches if m is not first).content)
+    batches_queue.handle_poison_message(services, first.content)  # the host gave up on it
 
     drain(services, lambda m: upload_handler(as_message(m)))
-    plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))  # plan the membership tags
+    plan_handler(as_message(receive(services.clients, config.QUEUE_RUNS)))  # plan the membership tags
     drain(services, lambda m: upload_handler(as_message(m)))
     run = wait_for_run(run_id, timeout=10)
     c = run["counts"]
     assert run["status"] == "partiallySucceeded"
     assert c["confirmed"] == 200 and c["failed"] == 500
-    assert c["failedByReason"] == {uploader.REASON_INTERNAL: 500}
+    assert c["failedByReason"] == {REASON_INTERNAL: 500}
     assert c["read"] == c["rejected"] + c["duplicates"] + c["confirmed"] + c["failed"] + c["skipped"]
-    failed = [r for r in report_rows(run_id) if r["reason"] == uploader.REASON_INTERNAL]
+    failed = [r for r in report_rows(run_id) if r["reason"] == REASON_INTERNAL]
     assert len(failed) == 500 and all(r["email"] and r["row"] for r in failed)
     assert len(sandbox.contacts(TEST_BRAND)) == 200
 
@@ -129,7 +132,7 @@ def test_a_dispatch_message_that_fails_on_every_delivery_accounts_for_its_batche
 def test_small_plans_go_straight_onto_the_queue(services, sandbox, segment_container):
     segment(segment_container, 250)  # 3 batches: no spool blob, no dispatch
     run_id = start_run(setup_export(segment_container)["id"])["runId"]
-    plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))
-    queued = services.storage.queue_client(config.QUEUE_BATCHES).peek_messages(max_messages=32)
+    plan_handler(as_message(receive(services.clients, config.QUEUE_RUNS)))
+    queued = services.clients.queue(config.QUEUE_BATCHES).peek_messages(max_messages=32)
     assert [json.loads(m.content)["type"] for m in queued] == ["send"] * 3
     assert not spool_exists(services, run_id)

@@ -8,8 +8,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import (
-    SAMPLE_MAPPING,
+from devtools.sample_segment import generate_profiles, write_segment_refresh
+from exporter.planning.countries import ISO_ALPHA2
+from tests.apphelpers import (
     call,
     create_connection,
     create_export,
@@ -17,9 +18,7 @@ from apphelpers import (
     start_run,
     wait_for_run,
 )
-from conftest import TEST_API_KEY, TEST_BRAND
-from devtools.sample_segment import generate_profiles, write_segment_refresh
-from exporter.countries import ISO_ALPHA2
+from tests.conftest import TEST_API_KEY, TEST_BRAND
 
 FIELDS = {"firstName": "FirstName", "lastName": "LastName", "address": "StreetAddress", "city": "City",
           "state": "State", "postalCode": "PostCode"}

@@ -18,14 +18,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import call, create_connection, create_export, start_run, wait_for_run
-from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.omnisend_sandbox import Faults, SandboxServer
 from devtools.sample_segment import generate_profiles, write_segment_refresh
-from exporter import uploader
-from exporter.local_runner import LocalHost
-from exporter.mapping import email_key, is_valid_email
-from test_end_to_end import FIELDS, expected_contacts
+from exporter.devhost.local_runner import LocalHost
+from exporter.domain import email_key
+from exporter.planning.mapping import is_valid_email
+from tests.apphelpers import call, create_connection, create_export, start_run, wait_for_run
+from tests.conftest import TEST_API_KEY, TEST_BRAND
+from tests.test_end_to_end import FIELDS, expected_contacts
 
 ROWS = 20_000
 CLIENT_TIMEOUT = 1  # seconds: OMNISEND_TIMEOUT_SECONDS of the app under test
@@ -70,8 +70,8 @@ def app_env(app_env):
 
 
 @pytest.fixture(autouse=True)
-def fast_retries(monkeypatch):
-    monkeypatch.setattr(uploader, "_backoff", lambda attempt, **kw: 0.1)
+def fast_retries(services):
+    services.backoff = lambda attempt: 0.1
 
 
 class Bursts:
@@ -108,7 +108,7 @@ def export_under_faults(services, app_env, container, faults_on=lambda: None, bu
     conn = create_connection(TEST_API_KEY)
     export = create_export(conn["id"], container.container_name, FOLDER, SEGMENT)
     faults_on()
-    with LocalHost(services.storage, port=0, batch_workers=8, run_workers=1, timer=False, idle_sleep=0.5,
+    with LocalHost(services.clients, port=0, batch_workers=8, run_workers=1, timer=False, idle_sleep=0.5,
                    env=app_env), (bursts or contextlib.nullcontext()):
         return wait_for_run(start_run(export["id"])["runId"], timeout=300)
 

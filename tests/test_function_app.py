@@ -4,7 +4,7 @@ import json
 
 import function_app
 from exporter import config
-from exporter.local_runner import functions_of
+from exporter.devhost.local_runner import functions_of
 
 
 def bindings():

@@ -7,10 +7,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 
-from apphelpers import SAMPLE_MAPPING, call, create_connection, create_export, wait_for_run
-from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import COLUMNS, generate_profiles, write_segment_refresh
-from exporter import uploader
+from tests.apphelpers import SAMPLE_MAPPING, call, create_connection, create_export, wait_for_run
+from tests.conftest import TEST_API_KEY, TEST_BRAND
 
 SEGMENT = "Loyal Customers"
 TAG = "Loyal Customers"
@@ -91,7 +90,7 @@ def test_a_second_run_sends_only_what_changed_and_untags_the_leavers(services, e
     assert c["left"] == 20 and c["untagged"] == 20
     # only the 20 new members are tagged; the 20 changed ones hold the tag from run 1 and keep it
     assert c["tagged"] == 20 and c["alreadyTagged"] == 20
-    tag_calls = [e for b in services.storage.list_batches(run2["runId"], kind="tags") for e in b.payload["emails"]]
+    tag_calls = [e for b in services.batches.list(run2["runId"], kind="tags") for e in b.payload.emails]
     assert sorted(e.lower() for e in tag_calls) == sorted(p["PrimaryEmail"].lower() for p in second[-20:])
     assert c["read"] == c["rejected"] + c["duplicates"] + c["confirmed"] + c["failed"] + c["skipped"]
     assert sandbox.stats(TEST_BRAND)["batchesCreated"] - batches_before == 1  # 40 contacts: one batch
@@ -136,10 +135,10 @@ def test_a_run_that_fails_halfway_is_made_up_by_the_next(export, sandbox, segmen
     assert_omnisend_holds(sandbox, second, leavers)
 
 
-def test_a_cancelled_run_leaves_the_state_for_the_next_run(export, sandbox, segment_container, monkeypatch):
+def test_a_cancelled_run_leaves_the_state_for_the_next_run(export, services, sandbox, segment_container):
     first, second, leavers = churn(people())
     write(segment_container, first, minutes_ago=30)
-    monkeypatch.setattr(uploader, "_backoff", lambda attempt, **kw: 0.1)
+    services.backoff = lambda attempt: 0.1
     sandbox.faults.force_status(503, count=10_000, route="POST /batches")  # Omnisend down for this run
     run1 = run_now(export["id"])
     assert run1["status"] == "failed" and run1["counts"]["confirmed"] == 0

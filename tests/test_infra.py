@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bicep_tree import BicepFile, BicepProject, Expr, Interp, Resource  # noqa: E402
-
-from exporter import config  # noqa: E402
+from exporter import config
+from tests.bicep_tree import BicepFile, BicepProject, Expr, Interp, Resource
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"

@@ -2,10 +2,10 @@
 
 from datetime import datetime, timedelta, timezone
 
-from apphelpers import call, create_connection, create_export, start_run, wait_for_run
-from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import generate_profiles, write_segment_refresh
-from keyvault_fake import make_keyvault_store
+from tests.apphelpers import call, create_connection, create_export, start_run, wait_for_run
+from tests.conftest import TEST_API_KEY, TEST_BRAND
+from tests.keyvault_fake import make_keyvault_store
 
 
 def test_a_run_reads_the_connection_key_from_key_vault(services, workers, sandbox, segment_container):
@@ -25,7 +25,7 @@ def test_a_run_reads_the_connection_key_from_key_vault(services, workers, sandbo
     reads = len(vault.requests_to("GET", f"/secrets/{secret_name}", authorized=True)) - reads_before
     assert 1 <= reads <= 4  # read from the vault, then served from the short cache, not once per batch
 
-    for table in (services.storage.connections, services.storage.exports, services.storage.runs, services.storage.batches):
+    for table in services.clients.app_tables().values():
         for entity in table.list_entities():
             assert TEST_API_KEY not in str(dict(entity))
 

@@ -1,15 +1,16 @@
 """The local runner drives the app's own handlers the way the Functions host does."""
 
 import json
-import threading
 from datetime import datetime, timezone
 
 import pytest
 import requests
 
-from apphelpers import ADMIN
 from exporter import config
-from exporter.local_runner import QueuePump, QueueRules, _route_regex, cron_next, resolve_setting
+from exporter.config import QueueRules
+from exporter.devhost.local_runner import QueuePump, _route_regex, cron_next, resolve_setting
+from exporter.messages import PlanRun
+from tests.apphelpers import ADMIN
 
 UTC = timezone.utc
 
@@ -54,13 +55,13 @@ def test_a_message_that_keeps_failing_goes_to_the_poison_queue(services):
         calls.append(msg.dequeue_count)
         raise RuntimeError("boom")
 
-    pump = QueuePump(services.storage, config.QUEUE_RUNS, failing, QueueRules(max_dequeue_count=3, visibility_timeout=0))
-    services.storage.send_run_message({"type": "plan", "runId": "x"})
+    pump = QueuePump(services.clients, config.QUEUE_RUNS, failing, QueueRules(max_dequeue_count=3, visibility_timeout=0))
+    services.run_queue.send(PlanRun("x"))
     for _ in range(3):
         assert pump.handle_one()
     assert calls == [1, 2, 3]
     assert not pump.handle_one()
-    (poisoned,) = services.storage.queue_client(config.QUEUE_RUNS + config.POISON_SUFFIX).receive_messages()
+    (poisoned,) = services.clients.queue(config.QUEUE_RUNS + config.POISON_SUFFIX).receive_messages()
     assert json.loads(poisoned.content) == {"type": "plan", "runId": "x"}
 
 

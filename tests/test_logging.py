@@ -10,11 +10,9 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta, timezone
 
-from apphelpers import call, create_connection, create_export, start_run, wait_for_run
-from conftest import TEST_API_KEY
 from devtools.sample_segment import generate_profiles, write_segment_refresh
-from exporter import uploader
-
+from tests.apphelpers import call, create_connection, create_export, start_run, wait_for_run
+from tests.conftest import TEST_API_KEY
 
 STANDARD_ATTRIBUTES = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -34,7 +32,7 @@ def record_text(record: logging.LogRecord) -> str:
 
 def test_run_logs_carry_run_export_and_batch_and_no_personal_data(services, workers, sandbox, segment_container, caplog,
                                                                    monkeypatch):
-    monkeypatch.setattr(uploader, "_backoff", lambda attempt, **kw: 0.1)
+    services.backoff = lambda attempt: 0.1
     profiles = list(generate_profiles(450, seed=17, invalid_share=0.05, duplicate_share=0.02))
     write_segment_refresh(segment_container, folder="ci", segment="Seg", profiles=profiles,
                           when=datetime.now(timezone.utc) - timedelta(minutes=5), partitions=2)
@@ -57,7 +55,7 @@ def test_run_logs_carry_run_export_and_batch_and_no_personal_data(services, work
     planning = [r for r in ours if r.threadName.startswith("export-runs")]
     batch_work = [r for r in ours if r.threadName.startswith("export-batches")]
     assert planning and batch_work
-    assert any(r.name == "exporter.omnisend" for r in batch_work)  # the client's own lines, at DEBUG
+    assert any(r.name == "exporter.omnisend.client" for r in batch_work)  # the client's own lines, at DEBUG
     assert any(r.levelno >= logging.WARNING for r in batch_work)  # the 503 was logged
     for r in ours:
         if r.threadName.startswith("export-") or getattr(r, "run_id", None) is not None:

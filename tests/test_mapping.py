@@ -2,9 +2,15 @@
 
 import pytest
 
-from exporter.domain import Mapping
-from exporter.domain import Consent
-from exporter.mapping import UNKNOWN_CONSENT_AT, ContactMapper, ContactOptions, MappingError, Rejection, email_key, is_valid_email
+from exporter.domain import Consent, Mapping, email_key
+from exporter.planning.mapping import (
+    UNKNOWN_CONSENT_AT,
+    ContactMapper,
+    ContactOptions,
+    MappingError,
+    Rejection,
+    is_valid_email,
+)
 
 COLUMNS = ("CustomerId", "E Mail", "First Name", "LastName", "Street", "Town", "Region", "Zip", "Country")
 FULL = Mapping(email="E Mail", first_name="First Name", last_name="LastName", address="Street", city="Town",
@@ -121,7 +127,8 @@ def _as_sent(contact: dict) -> str:
 
 def test_the_planners_json_fast_path_is_byte_for_byte_what_json_dumps_makes_of_the_contact():
     """map_json must give the exact text of json.dumps(map(...)): membership fingerprints depend on it."""
-    from devtools.sample_segment import COLUMNS as SAMPLE_COLUMNS, generate_profiles
+    from devtools.sample_segment import COLUMNS as SAMPLE_COLUMNS
+    from devtools.sample_segment import generate_profiles
 
     mapping = Mapping(email="PrimaryEmail", first_name="FirstName", last_name="LastName", address="StreetAddress",
                       city="City", state="State", postal_code="PostCode", country="Country")

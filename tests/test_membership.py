@@ -2,7 +2,8 @@
 
 import pytest
 
-from exporter.membership import MemberState, StateHeader, StateStore, Upserts, fingerprint, member_key, merge
+from exporter.domain import fingerprint, member_key
+from exporter.state.membership import MemberState, StateHeader, StateStore, Upserts, merge
 
 
 def header(run_id="r1"):
@@ -96,7 +97,7 @@ def test_a_crash_while_writing_leaves_the_previous_state(blob_service, unique):
 def test_key_set_behaves_like_a_set_through_growth():
     import random
 
-    from exporter.membership import KeySet
+    from exporter.domain import KeySet
 
     rng = random.Random(5)
     keys = [rng.getrandbits(64) for _ in range(5000)] + [0, 1, 2**64 - 1]
@@ -117,7 +118,7 @@ def test_key_set_behaves_like_a_set_through_growth():
 def test_lookups_find_every_member_and_nobody_else(tmp_path, n):
     import random
 
-    from exporter.membership import RECORD
+    from exporter.state.membership import RECORD
 
     rng = random.Random(n)
     keys = sorted({rng.getrandbits(64) for _ in range(n)} | ({0, 2**64 - 1} if n > 8 else set()))
@@ -137,7 +138,7 @@ def test_lookups_find_every_member_and_nobody_else(tmp_path, n):
 def test_records_are_read_whole_across_read_boundaries(tmp_path, chunk):
     import io
 
-    from exporter.membership import RECORD, _records
+    from exporter.state.membership import RECORD, _records
 
     records = [(i * 7919, i, f"person{i}@exämple.com" * (i % 3)) for i in range(200)]
     data = b"".join(RECORD.pack(k, fp, len(e.encode())) + e.encode() for k, fp, e in records)

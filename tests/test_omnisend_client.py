@@ -12,7 +12,6 @@ import pytest
 import requests
 
 from devtools.omnisend_sandbox import SandboxServer
-from exporter import omnisend
 from exporter.omnisend import (
     BatchInfo,
     BatchItemResult,
@@ -25,6 +24,9 @@ from exporter.omnisend import (
     OmnisendValidationError,
     OmnisendVersionRetired,
 )
+from exporter.omnisend import client as client_module
+from exporter.omnisend import errors as errors_module
+from tests.omnisend_extra import ReadingClient
 
 SECRET = "sk-live-SECRET-5f2c9a7e1b"
 BRAND = "brand-client"
@@ -45,7 +47,7 @@ def sandbox(server):
 
 @pytest.fixture
 def client(sandbox):
-    with OmnisendClient(SECRET, base_url=sandbox.url, timeout=5) as c:
+    with ReadingClient(SECRET, base_url=sandbox.url, timeout=5) as c:
         yield c
 
 
@@ -77,7 +79,7 @@ def wait_done(client: OmnisendClient, batch_id: str, timeout: float = 5.0) -> Ba
 
 def test_check_key_and_base_url_with_or_without_slash(sandbox):
     for base in (sandbox.url, sandbox.url.rstrip("/")):
-        with OmnisendClient(SECRET, base_url=base, timeout=5) as c:
+        with ReadingClient(SECRET, base_url=base, timeout=5) as c:
             assert c.check_key() is None
     stats = sandbox.stats(BRAND)
     assert stats["byPath"] == {"GET /contacts": 2} and stats["byStatus"] == {"200": 2}
@@ -156,7 +158,7 @@ def test_add_and_remove_tags(client, sandbox):
 
 def test_bad_key_raises_auth_error_without_the_key(sandbox):
     wrong = SECRET + "-revoked"
-    with OmnisendClient(wrong, base_url=sandbox.url, timeout=5) as c:
+    with ReadingClient(wrong, base_url=sandbox.url, timeout=5) as c:
         with pytest.raises(OmnisendAuthError) as caught:
             c.check_key()
     err = caught.value
@@ -201,7 +203,8 @@ def test_unknown_batch_is_not_found(client):
 
 
 def test_retired_version_raises_version_retired(client, monkeypatch):
-    monkeypatch.setattr(omnisend, "OMNISEND_API_VERSION", "v5")
+    monkeypatch.setattr(client_module, "OMNISEND_API_VERSION", "v5")
+    monkeypatch.setattr(errors_module, "OMNISEND_API_VERSION", "v5")
     with pytest.raises(OmnisendVersionRetired) as caught:
         client.check_key()
     assert caught.value.status == 410 and "Upgrade" in str(caught.value)
@@ -210,7 +213,7 @@ def test_retired_version_raises_version_retired(client, monkeypatch):
 
 def test_rate_limited_carries_retry_after():
     with SandboxServer(api_keys={SECRET: BRAND}, rate_limit=2, window_seconds=20) as srv:
-        with OmnisendClient(SECRET, base_url=srv.url, timeout=5) as c:
+        with ReadingClient(SECRET, base_url=srv.url, timeout=5) as c:
             c.check_key()
             c.check_key()
             with pytest.raises(OmnisendRateLimited) as caught:
@@ -248,7 +251,7 @@ def test_timeout_is_unavailable():
         listener.bind(("127.0.0.1", 0))
         listener.listen(5)
         port = listener.getsockname()[1]
-        with OmnisendClient(SECRET, base_url=f"http://127.0.0.1:{port}/api/", timeout=0.3) as c:
+        with ReadingClient(SECRET, base_url=f"http://127.0.0.1:{port}/api/", timeout=0.3) as c:
             started = time.monotonic()
             with pytest.raises(OmnisendUnavailable) as caught:
                 c.check_key()
@@ -261,7 +264,7 @@ def test_connection_refused_is_unavailable():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with OmnisendClient(SECRET, base_url=f"http://127.0.0.1:{port}/api/", timeout=2) as c:
+    with ReadingClient(SECRET, base_url=f"http://127.0.0.1:{port}/api/", timeout=2) as c:
         with pytest.raises(OmnisendUnavailable) as caught:
             c.upsert_contact(contact("a@example.com"))
     assert "Could not reach Omnisend" in str(caught.value)
@@ -303,7 +306,7 @@ def canned_client(status, body, headers=None):
     session = requests.Session()
     adapter = CannedAdapter(status, body, headers)
     session.mount("https://", adapter)
-    return OmnisendClient(SECRET, timeout=7, session=session), adapter
+    return ReadingClient(SECRET, timeout=7, session=session), adapter
 
 
 def test_every_request_sends_both_headers_and_a_timeout():
@@ -358,7 +361,7 @@ def test_batch_item_result_properties():
 def test_api_key_never_appears_in_errors_reprs_or_logs(sandbox, caplog):
     caplog.set_level(logging.DEBUG)
     errors: list[BaseException] = []
-    with OmnisendClient(SECRET, base_url=sandbox.url, timeout=5) as c:
+    with ReadingClient(SECRET, base_url=sandbox.url, timeout=5) as c:
         assert SECRET not in repr(c) and SECRET not in str(vars(c).get("base_url"))
         c.check_key()
         batch_id = c.create_batch([contact("leak@example.com")])
@@ -374,11 +377,11 @@ def test_api_key_never_appears_in_errors_reprs_or_logs(sandbox, caplog):
             with pytest.raises(OmnisendError) as caught:
                 call()
             errors.append(caught.value)
-    with OmnisendClient(SECRET, base_url=sandbox.url + "nowhere/", timeout=5) as c:
+    with ReadingClient(SECRET, base_url=sandbox.url + "nowhere/", timeout=5) as c:
         with pytest.raises(OmnisendError) as caught:
             c.check_key()
         errors.append(caught.value)
-    with OmnisendClient(SECRET + "x", base_url=sandbox.url, timeout=5) as c:
+    with ReadingClient(SECRET + "x", base_url=sandbox.url, timeout=5) as c:
         with pytest.raises(OmnisendAuthError) as caught:
             c.check_key()
         errors.append(caught.value)

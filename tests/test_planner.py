@@ -7,12 +7,12 @@ import io
 import json
 from datetime import datetime, timedelta, timezone
 
-from apphelpers import call, create_connection, create_export, start_run, wait_for_run
-from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import generate_profiles, write_segment_refresh
 from exporter import config
 from exporter.domain import Run, RunCounts, RunStatus, utcnow
-from exporter.planner import MAX_BATCH_CONTACTS, MAX_MESSAGE_CHARS, BatchBuilder
+from exporter.planning.batching import MAX_BATCH_CONTACTS, MAX_MESSAGE_CHARS, BatchBuilder
+from tests.apphelpers import call, create_connection, create_export, start_run, wait_for_run
+from tests.conftest import TEST_API_KEY, TEST_BRAND
 
 FOLDER_TIME = (datetime.now(timezone.utc) - timedelta(minutes=5)).strftime("%Y/%m/%d/%H%M")
 
@@ -71,7 +71,7 @@ def test_plain_gzipped_csv_with_a_header_and_spaced_column_names(services, worke
 
 def _nothing_sent(services, sandbox):
     assert sandbox.stats(TEST_BRAND)["batchesCreated"] == 0
-    assert services.storage.queue_client(config.QUEUE_BATCHES).peek_messages(max_messages=1) == []
+    assert services.clients.queue(config.QUEUE_BATCHES).peek_messages(max_messages=1) == []
 
 
 def test_a_malformed_partition_fails_the_run_before_anything_is_sent(services, workers, sandbox, segment_container):

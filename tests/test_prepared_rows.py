@@ -11,9 +11,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from devtools.sample_segment import COLUMNS, generate_profiles, write_segment_refresh
-from exporter import prepared_rows as stage
 from exporter.domain import Mapping
-from exporter.mapping import REASON_MALFORMED_ROW, REASON_NOT_UTF8, ContactMapper, ContactOptions
+from exporter.domain.reasons import REASON_MALFORMED_ROW, REASON_NOT_UTF8
+from exporter.planning import prepared_rows as stage
+from exporter.planning.mapping import ContactMapper, ContactOptions
 from exporter.segments import SegmentFormatError, find_latest_refresh, load_schema
 
 SEG = "Seg"
@@ -55,11 +56,13 @@ def test_a_second_process_gives_the_same_rows_in_the_same_order(services, segmen
     here = list(stage.prepared_rows(_settings(services, "off"), segment_container, refresh, schema, mapper, DATED_AT))
     there = list(stage.prepared_rows(_settings(services, "on"), segment_container, refresh, schema, mapper, DATED_AT))
     assert len(here) == 12_002 and there == here
-    assert len({r[1] for r in here}) == 3  # rows of every partition, in partition order
-    reasons = [r[4] for r in here if r[0] is None]
+    rejected = [r for r in here if type(r) is stage.RejectedRow]
+    contacts = [r for r in here if type(r) is not stage.RejectedRow]
+    assert len({r[1] for r in contacts} | {r.partition for r in rejected}) == 3  # rows of every partition
+    reasons = [r.reason for r in rejected]
     assert reasons.count(REASON_MALFORMED_ROW) == 1 and reasons.count(REASON_NOT_UTF8) == 1
     assert len(reasons) > 100  # the generated invalid emails are rejected in both, with the mapping's reasons
-    contacts = [r for r in here if r[0] is not None]
+    assert all(type(r) is tuple and len(r) == 6 for r in contacts)  # (key, partition, number, email, fp, text)
     assert len({r[0] for r in contacts}) < len(contacts)  # duplicates are left to the planner
 
 
@@ -90,7 +93,7 @@ def test_the_reader_process_stops_when_the_planner_stops_early(services, segment
         return [p for p in multiprocessing.active_children() if p.name == "segment-reader"]
 
     rows = stage.prepared_rows(_settings(services, "on"), segment_container, refresh, schema, mapper, DATED_AT)
-    assert next(rows)[2] == 1
+    assert next(rows)[2] == 1  # a contact's number
     (reader,) = readers()  # still reading: 20,000 rows are more than the queue holds
     rows.close()  # the planner closes its source when planning ends early
     assert not reader.is_alive() and readers() == []

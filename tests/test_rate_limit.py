@@ -6,12 +6,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import create_connection, create_export, start_run, wait_for_run
-from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import generate_profiles, write_segment_refresh
-from exporter.local_runner import LocalHost
+from exporter.devhost.local_runner import LocalHost
 from exporter.omnisend import OmnisendRateLimited
-from exporter.ratelimit import MAX_SLEEP_SECONDS, Budget, RateLimiter
+from exporter.omnisend.pacing import MAX_SLEEP_SECONDS, Budget, RateLimiter
+from exporter.state.rate_budgets import RateBudgets
+from tests.apphelpers import create_connection, create_export, start_run, wait_for_run
+from tests.conftest import TEST_API_KEY, TEST_BRAND
 
 # Omnisend's 400 requests a minute, scaled down in time: the same rate, a window ten times shorter.
 LIMIT, WINDOW = 40, 6
@@ -26,10 +27,10 @@ class FakeClock:
 
 
 def test_a_window_allows_its_budget_at_once_then_slots_open_as_old_requests_leave_it(services, unique):
-    table = services.storage.tables.create_table(f"rl{unique}")
+    table = services.clients.tables.create_table(f"rl{unique}")
     clock = FakeClock()
     budget = Budget(LIMIT, WINDOW)
-    limiter = RateLimiter(table, budget, Budget(6, WINDOW), clock=clock, sleep=lambda s: None)
+    limiter = RateLimiter(RateBudgets(table), budget, Budget(6, WINDOW), clock=clock, sleep=lambda s: None)
     start = clock.now
     assert [limiter.reserve("conn", budget) for _ in range(budget.allowed)] == [0.0] * budget.allowed
     assert budget.allowed < LIMIT  # a little under Omnisend's count
@@ -44,14 +45,14 @@ def test_a_window_allows_its_budget_at_once_then_slots_open_as_old_requests_leav
     clock.now += 60
     assert limiter.reserve("conn", budget) == 0  # the budget refills with time
     assert limiter.reserve("other", budget) == 0  # each connection has its own
-    services.storage.tables.delete_table(f"rl{unique}")
+    services.clients.tables.delete_table(f"rl{unique}")
 
 
 def test_no_window_ever_holds_more_than_the_budget(services, unique):
-    table = services.storage.tables.create_table(f"rl{unique}")
+    table = services.clients.tables.create_table(f"rl{unique}")
     clock = FakeClock()
     budget = Budget(LIMIT, WINDOW)
-    limiter = RateLimiter(table, budget, Budget(6, WINDOW), clock=clock, sleep=lambda s: None)
+    limiter = RateLimiter(RateBudgets(table), budget, Budget(6, WINDOW), clock=clock, sleep=lambda s: None)
     sent = []
     import random as _random
 
@@ -66,7 +67,7 @@ def test_no_window_ever_holds_more_than_the_budget(services, unique):
     for i, t in enumerate(sent):  # every window of Omnisend's length, however placed
         in_window = sum(1 for u in sent[i:] if u < t + WINDOW)
         assert in_window <= LIMIT
-    services.storage.tables.delete_table(f"rl{unique}")
+    services.clients.tables.delete_table(f"rl{unique}")
 
 
 def test_instances_reserving_from_one_budget_at_once_never_overspend_it(services, unique):
@@ -74,10 +75,10 @@ def test_instances_reserving_from_one_budget_at_once_never_overspend_it(services
     its last write is still current, so the other instance's writes must be noticed (ETag) every time."""
     import threading
 
-    table = services.storage.tables.create_table(f"rl{unique}")
+    table = services.clients.tables.create_table(f"rl{unique}")
     clock = FakeClock()
     budget = Budget(LIMIT, WINDOW)
-    instances = [RateLimiter(table, budget, Budget(6, WINDOW), clock=clock, sleep=lambda s: None) for _ in range(2)]
+    instances = [RateLimiter(RateBudgets(table), budget, Budget(6, WINDOW), clock=clock, sleep=lambda s: None) for _ in range(2)]
     sent, lock = [], threading.Lock()
 
     def worker(limiter):
@@ -97,14 +98,14 @@ def test_instances_reserving_from_one_budget_at_once_never_overspend_it(services
     # the clock stands still: the window's budget is handed out at once, exactly, and the next slot
     # (a whole window away) is too far to wait for
     assert sorted(sent) == [clock.now] * budget.allowed
-    services.storage.tables.delete_table(f"rl{unique}")
+    services.clients.tables.delete_table(f"rl{unique}")
 
 
 def test_tags_requests_spend_the_tags_budget_too(services, unique):
-    table = services.storage.tables.create_table(f"rl{unique}")
+    table = services.clients.tables.create_table(f"rl{unique}")
     slept = []
     tags = Budget(3, 2)  # two tag requests per 2.5 s window, after the safety margins
-    limiter = RateLimiter(table, Budget(LIMIT, WINDOW), tags, clock=FakeClock(), sleep=slept.append)
+    limiter = RateLimiter(RateBudgets(table), Budget(LIMIT, WINDOW), tags, clock=FakeClock(), sleep=slept.append)
     pace = limiter.pacer("c1")
     for _ in range(3):
         pace("contacts/tags")
@@ -112,7 +113,7 @@ def test_tags_requests_spend_the_tags_budget_too(services, unique):
     for _ in range(10):
         pace("contacts")  # other requests are not held by the tags budget
     assert len(slept) == 1
-    services.storage.tables.delete_table(f"rl{unique}")
+    services.clients.tables.delete_table(f"rl{unique}")
 
 
 def test_a_tags_request_held_by_the_general_budget_never_tips_the_tags_window(services, unique):
@@ -121,10 +122,10 @@ def test_a_tags_request_held_by_the_general_budget_never_tips_the_tags_window(se
     contacts kept the general budget busy)."""
     import random as _random
 
-    table = services.storage.tables.create_table(f"rl{unique}")
+    table = services.clients.tables.create_table(f"rl{unique}")
     clock = FakeClock()
     tags = Budget(6, WINDOW)
-    limiter = RateLimiter(table, Budget(LIMIT, WINDOW), tags, clock=clock, sleep=lambda s: slept.append(s))
+    limiter = RateLimiter(RateBudgets(table), Budget(LIMIT, WINDOW), tags, clock=clock, sleep=lambda s: slept.append(s))
     pace = limiter.pacer("c1")
     rnd = _random.Random(5)
     tag_sends, slept = [], []
@@ -141,7 +142,7 @@ def test_a_tags_request_held_by_the_general_budget_never_tips_the_tags_window(se
     tag_sends.sort()
     for i, t in enumerate(tag_sends):  # every window of Omnisend's length, however placed
         assert sum(1 for u in tag_sends[i:] if u < t + WINDOW) <= tags.per_window
-    services.storage.tables.delete_table(f"rl{unique}")
+    services.clients.tables.delete_table(f"rl{unique}")
 
 
 @pytest.fixture
@@ -165,7 +166,7 @@ def test_eight_workers_stay_under_the_limit(services, sandbox, segment_container
                           when=datetime.now(timezone.utc) - timedelta(minutes=5), partitions=2)
     conn = create_connection(TEST_API_KEY)
     export = create_export(conn["id"], segment_container.container_name, "ci", "Seg")
-    with LocalHost(services.storage, port=0, batch_workers=8, run_workers=1, timer=False, idle_sleep=0.2, env=app_env):
+    with LocalHost(services.clients, port=0, batch_workers=8, run_workers=1, timer=False, idle_sleep=0.2, env=app_env):
         run = wait_for_run(start_run(export["id"])["runId"], timeout=180)
     stats = sandbox.stats(TEST_BRAND)
     assert run["status"] == "succeeded" and run["counts"]["confirmed"] == 6000

@@ -6,10 +6,10 @@ from datetime import datetime, timedelta, timezone
 from azure.functions.timer import TimerRequest
 
 import function_app
-from apphelpers import call, create_connection, create_export, wait_for_run
-from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import generate_profiles, write_segment_refresh
-from exporter.local_runner import user_function
+from exporter.devhost.local_runner import user_function
+from tests.apphelpers import call, create_connection, create_export, wait_for_run
+from tests.conftest import TEST_API_KEY, TEST_BRAND
 
 tick = user_function(function_app.app, "export_schedule")
 

@@ -11,7 +11,7 @@ import requests
 from azure.core.exceptions import ClientAuthenticationError
 
 from exporter.config import ConfigurationError, load_settings
-from exporter.secrets import (
+from exporter.state.secrets import (
     DevSecretStore,
     KeyVaultSecretStore,
     SecretNotFoundError,
@@ -358,7 +358,7 @@ def test_key_vault_store_defaults_to_default_azure_credential():
 def test_factory_picks_dev_store_in_dev_mode_with_one_warning(caplog):
     store = secret_store_from_settings(load_settings({"EXPORTER_DEV_MODE": "true"}))
     assert isinstance(store, DevSecretStore)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "exporter.secrets"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "exporter.state.secrets"]
     assert len(warnings) == 1 and "development only" in warnings[0].getMessage()
 
 

@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from exporter import segments
 from exporter.domain import Refresh
 from exporter.segments import (
     CsvFormat,
@@ -19,6 +18,7 @@ from exporter.segments import (
     SegmentSourceError,
     SourceNotFoundError,
     SourceRow,
+    blobs,
     find_latest_refresh,
     is_settled,
     load_schema,
@@ -231,7 +231,7 @@ def test_bad_rows_are_yielded_with_a_reason(segment_container):
 
 
 def test_invalid_utf8_split_across_download_chunks(segment_container, monkeypatch):
-    monkeypatch.setattr(segments, "DOWNLOAD_CHUNK_BYTES", 1024)
+    monkeypatch.setattr(blobs, "DOWNLOAD_CHUNK_BYTES", 1024)
     model_json(segment_container, "ci", COLS)
     good = '"1","Jūratė Žukauskaitė","a@example.com"\n'.encode()
     data = good * 200 + b'"2","\xc5","b@example.com"\n' + good * 200
@@ -345,7 +345,7 @@ def test_schema_without_partitions_or_refresh(segment_container):
 
 
 def test_blob_rewritten_while_reading(segment_container, monkeypatch):
-    monkeypatch.setattr(segments, "DOWNLOAD_CHUNK_BYTES", 1024)
+    monkeypatch.setattr(blobs, "DOWNLOAD_CHUNK_BYTES", 1024)
     model_json(segment_container, "ci", COLS)
     put(segment_container, part("ci"), '"1","A","a@example.com"\n' * 3000)
     refresh = find_latest_refresh(segment_container, "ci", SEG)
@@ -456,7 +456,7 @@ def test_fingerprint_changes_only_when_a_blob_changes(segment_container):
 def test_reading_a_large_partition_streams(segment_container, monkeypatch):
     # The storage SDK and its HTTP stack briefly need several times the size of a ranged GET, so the
     # bound is a multiple of the chunk size, independent of the blob size.
-    monkeypatch.setattr(segments, "DOWNLOAD_CHUNK_BYTES", 128 * 1024)
+    monkeypatch.setattr(blobs, "DOWNLOAD_CHUNK_BYTES", 128 * 1024)
     model_json(segment_container, "ci", COLS)
     row = ('"{n}","' + "Jūratė " * 130 + '","person{n}@example.com"\n')
     data = "".join(row.format(n=n) for n in range(8000)).encode("utf-8")
@@ -479,7 +479,7 @@ def test_reading_a_large_partition_streams(segment_container, monkeypatch):
 
 
 def test_reading_stops_cleanly_when_abandoned(segment_container, monkeypatch):
-    monkeypatch.setattr(segments, "DOWNLOAD_CHUNK_BYTES", 1024)
+    monkeypatch.setattr(blobs, "DOWNLOAD_CHUNK_BYTES", 1024)
     model_json(segment_container, "ci", COLS)
     put(segment_container, part("ci"), '"1","A","a@example.com"\n' * 2000)
     refresh = find_latest_refresh(segment_container, "ci", SEG)
@@ -505,4 +505,4 @@ def test_header_schema_reads_only_the_beginning_of_the_blob(segment_container, m
     schema = load_schema(segment_container, "ci", SEG, refresh)
     assert schema.columns == tuple(COLS)
     assert requested and None not in requested
-    assert sum(requested) <= 2 * segments.HEADER_CHUNK_BYTES  # at most one range read ahead
+    assert sum(requested) <= 2 * blobs.HEADER_CHUNK_BYTES  # at most one range read ahead

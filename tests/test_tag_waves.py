@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from apphelpers import create_connection, create_export, start_run, wait_for_run
-from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import generate_profiles, write_segment_refresh
-from exporter import finalizer
-from exporter.domain import Tally
-from exporter.local_runner import LocalHost
+from exporter.devhost.local_runner import LocalHost
+from exporter.domain import BatchKind, Tally
+from exporter.lifecycle import settle
+from exporter.lifecycle import tag_planning as tags
+from tests.apphelpers import create_connection, create_export, start_run, wait_for_run
+from tests.conftest import TEST_API_KEY, TEST_BRAND
 
 LIMIT, WINDOW = 40, 6  # Omnisend's limits scaled down in time, so that the upload takes a while
 ROWS, WAVE = 6000, 5  # 60 contact batches, 12 waves
@@ -36,38 +36,38 @@ def app_env(app_env):
 
 
 def test_tags_are_planned_in_waves_while_contacts_upload(services, sandbox, segment_container, app_env, monkeypatch):
-    monkeypatch.setattr(finalizer, "WAVE_BATCHES", WAVE)
-    monkeypatch.setattr(finalizer, "WAVE_TICK_SECONDS", 1)
+    monkeypatch.setattr(tags, "WAVE_BATCHES", WAVE)
+    monkeypatch.setattr(tags, "WAVE_TICK_SECONDS", 1)
     write_segment_refresh(segment_container, folder="ci", segment="Seg", profiles=generate_profiles(ROWS, seed=5, invalid_share=0),
                           when=datetime.now(timezone.utc) - timedelta(minutes=5), partitions=2)
     planned_at_end = []  # the waves' cursor when the run's last tag planning began
-    last_planning = finalizer.plan_tags
+    last_planning = tags.plan_remaining_tags
 
     def plan_tags(svc, run_id):
-        planned_at_end.append(svc.storage.get_tally(run_id)[0].waves)
-        last_planning(svc, run_id)
+        planned_at_end.append(svc.tallies.get(run_id).waves)
+        return last_planning(svc, run_id)
 
-    monkeypatch.setattr(finalizer, "plan_tags", plan_tags)
+    monkeypatch.setattr(settle, "plan_remaining_tags", plan_tags)
     conn = create_connection(TEST_API_KEY)
     export = create_export(conn["id"], segment_container.container_name, "ci", "Seg")
-    with LocalHost(services.storage, port=0, batch_workers=8, run_workers=1, timer=False, idle_sleep=0.2, env=app_env):
+    with LocalHost(services.clients, port=0, batch_workers=8, run_workers=1, timer=False, idle_sleep=0.2, env=app_env):
         run = wait_for_run(start_run(export["id"])["runId"], timeout=240)
     assert run["status"] == "succeeded" and run["counts"]["confirmed"] == ROWS and run["counts"]["tagged"] == ROWS
 
-    run_id, storage = run["runId"], services.storage
-    tally, _ = storage.get_tally(run_id)
-    tag_batches = sorted(storage.list_batches(run_id, kind="tags"), key=lambda b: b.number)
+    run_id = run["runId"]
+    tally = services.tallies.get(run_id)
+    tag_batches = sorted(services.batches.list(run_id, kind=BatchKind.TAGS), key=lambda b: b.number)
     numbers = [b.number for b in tag_batches]
     assert numbers == list(range(1, len(numbers) + 1)) == list(range(1, tally.tags_planned + 1))
     assert tally.waves == ROWS // 100 // WAVE and tally.wave_tick >= 1 and tally.tags_numbered == tally.tags_planned
-    emails = [e.casefold() for b in tag_batches for e in b.payload["emails"]]
+    emails = [e.casefold() for b in tag_batches for e in b.payload.emails]
     assert len(emails) == len(set(emails)) == ROWS  # every member in exactly one tag batch
     # a wave holds 500 emails: two tag batches of 250 each, none wasted on a partial batch
     assert len(tag_batches) == ROWS // 250
 
     stats = sandbox.stats(TEST_BRAND)
     assert stats["admittedByPath"]["POST /contacts/tags"] == len(tag_batches), stats  # no tag call made twice
-    tag = tag_batches[0].payload["tag"]
+    tag = tag_batches[0].payload.tag
     held = sandbox.contacts(TEST_BRAND)
     assert len(held) == ROWS and all(tag in c["tags"] for c in held)
 
@@ -78,7 +78,7 @@ def test_tags_are_planned_in_waves_while_contacts_upload(services, sandbox, segm
     # planning the waves again from the start gives the same tag batches, number for number: what a
     # redelivered tick or a tick racing the last planning enqueues is recognised by its number
     sent = []
-    monkeypatch.setattr(storage, "send_batch_message", lambda text, delay_seconds=0: sent.append(json.loads(text)))
-    again = finalizer._plan_waves(services, storage.get_run(run_id), tag, Tally(planned=tally.planned), backlog=None)
+    monkeypatch.setattr(services.batch_queue, "send", lambda message, delay_seconds=0: sent.append(message))
+    again = tags._plan_waves(services, services.runs.get(run_id), tag, Tally(planned=tally.planned), backlog=None)
     assert again == (tally.waves, tally.tags_planned)
-    assert [(m["batch"], m["emails"]) for m in sent] == [(b.number, b.payload["emails"]) for b in tag_batches]
+    assert [(m.number, m.emails) for m in sent] == [(b.number, b.payload.emails) for b in tag_batches]

@@ -10,12 +10,14 @@ import pytest
 from azure.functions.queue import QueueMessage
 
 import function_app
-from apphelpers import call, create_connection, create_export, report_rows, start_run, wait_for_run
-from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import generate_profiles, write_segment_refresh
-from exporter import config, uploader
+from exporter import config
+from exporter.devhost.local_runner import user_function
 from exporter.domain import RunStatus
-from exporter.local_runner import user_function
+from exporter.upload.outcomes import MAX_SEND_ATTEMPTS
+from exporter.workers import batches_queue
+from tests.apphelpers import create_connection, create_export, report_rows, start_run, wait_for_run
+from tests.conftest import TEST_API_KEY, TEST_BRAND
 
 plan_handler = user_function(function_app.app, "plan_run")
 upload_handler = user_function(function_app.app, "upload_batch")
@@ -34,7 +36,7 @@ def setup_export(container) -> dict:
 
 def receive(storage, queue_name, wait=6.0):
     """Take the next visible message off a queue (waiting for delayed ones), as the host would."""
-    q = storage.queue_client(queue_name)
+    q = storage.queue(queue_name)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         for m in q.receive_messages(messages_per_page=1, visibility_timeout=60):
@@ -52,27 +54,27 @@ def test_redelivered_messages_neither_send_nor_count_twice(services, sandbox, se
     segment(segment_container, 150)
     export = setup_export(segment_container)
     run_id = start_run(export["id"])["runId"]
-    plan = receive(services.storage, config.QUEUE_RUNS)
+    plan = receive(services.clients, config.QUEUE_RUNS)
     plan_handler(as_message(plan))
     plan_handler(as_message(plan, dequeue_count=1))  # a duplicate delivery of a plan message is ignored
-    assert services.storage.get_run(run_id).counts.batches == 2
+    assert services.runs.get(run_id).counts.batches == 2
 
-    sends = [receive(services.storage, config.QUEUE_BATCHES) for _ in range(2)]
+    sends = [receive(services.clients, config.QUEUE_BATCHES) for _ in range(2)]
     for m in sends:
         upload_handler(as_message(m))
         upload_handler(as_message(m, dequeue_count=2))  # redelivered after it was accepted
     assert sandbox.stats(TEST_BRAND)["batchesCreated"] == 2
 
     while True:
-        m = receive(services.storage, config.QUEUE_BATCHES)
+        m = receive(services.clients, config.QUEUE_BATCHES)
         if m is None:
             break
         upload_handler(as_message(m))
         upload_handler(as_message(m, dequeue_count=2))
-    tags = receive(services.storage, config.QUEUE_RUNS)  # contacts counted: plan the membership tags
+    tags = receive(services.clients, config.QUEUE_RUNS)  # contacts counted: plan the membership tags
     plan_handler(as_message(tags))
     plan_handler(as_message(tags, dequeue_count=2))
-    while (m := receive(services.storage, config.QUEUE_BATCHES, wait=1)) is not None:
+    while (m := receive(services.clients, config.QUEUE_BATCHES, wait=1)) is not None:
         upload_handler(as_message(m))
         upload_handler(as_message(m, dequeue_count=2))
     run = wait_for_run(run_id, timeout=5)
@@ -99,28 +101,28 @@ def test_items_omnisend_rejects_are_reported_with_its_reason(services, sandbox, 
     segment(segment_container, 2)
     export = setup_export(segment_container)
     run_id = start_run(export["id"])["runId"]
-    services.storage.queue_client(config.QUEUE_RUNS).clear_messages()
+    services.clients.queue(config.QUEUE_RUNS).clear_messages()
 
     def as_planned(run):  # what the planner would have recorded for two valid rows
         run.status = RunStatus.UPLOADING
         run.counts.read = run.counts.queued = 2
         run.counts.batches = 1
 
-    services.storage.update_run(run_id, as_planned)
-    services.storage.update_tally(run_id, lambda t: setattr(t, "planned", 1))
-    services.storage.create_report(run_id)
+    services.runs.update(run_id, as_planned)
+    services.tallies.update(run_id, lambda t: setattr(t, "planned", 1))
+    services.reports.create(run_id)
     good = {"identifiers": [{"type": "email", "id": "good@example.com", "channels": {"email": {"status": "nonSubscribed"}},
                              "sendWelcomeMessage": False}]}
     bad = {"identifiers": [{"type": "email", "id": "bad@example.com", "channels": {"email": {"status": "nonSubscribed"}},
                             "sendWelcomeMessage": False}], "countryCode": "ZZ"}
     msg = {"type": "send", "runId": run_id, "exportId": export["id"], "connectionId": export["connectionId"],
            "batch": 1, "parts": ["Seg_1.csv"], "refs": [[0, 1], [0, 2]], "contacts": [good, bad]}
-    uploader.handle_batch_message(services, json.dumps(msg))
-    check = receive(services.storage, config.QUEUE_BATCHES)
+    batches_queue.handle_batch_message(services, json.dumps(msg))
+    check = receive(services.clients, config.QUEUE_BATCHES)
     upload_handler(as_message(check))
-    plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))  # plan the membership tags
-    upload_handler(as_message(receive(services.storage, config.QUEUE_BATCHES)))  # tag the stored contact
-    run = services.storage.get_run(run_id)
+    plan_handler(as_message(receive(services.clients, config.QUEUE_RUNS)))  # plan the membership tags
+    upload_handler(as_message(receive(services.clients, config.QUEUE_BATCHES)))  # tag the stored contact
+    run = services.runs.get(run_id)
     assert run.status is RunStatus.PARTIALLY_SUCCEEDED and run.counts.tagged == 1
     assert run.counts.confirmed == 1 and run.counts.failed_by_reason == {"rejected by Omnisend (400)": 1}
     (row,) = [r for r in report_rows(run_id) if r["stage"] == "upload"]
@@ -136,7 +138,7 @@ def test_rate_limited_batches_are_resent_and_never_count_as_failures(services, w
 
 
 def test_transient_errors_are_retried_with_backoff(services, workers, sandbox, segment_container, monkeypatch):
-    monkeypatch.setattr(uploader, "_backoff", lambda attempt, **kw: 0.1)
+    services.backoff = lambda attempt: 0.1
     sandbox.faults.force_status(503, count=2, route="POST /batches")
     sandbox.faults.force_status(500, count=2, route="GET /batches/{batchID}")
     segment(segment_container, 200)
@@ -146,8 +148,8 @@ def test_transient_errors_are_retried_with_backoff(services, workers, sandbox, s
 
 def test_a_batch_that_exhausts_its_retries_is_failed_with_the_last_error(services, workers, sandbox, segment_container,
                                                                           monkeypatch):
-    monkeypatch.setattr(uploader, "_backoff", lambda attempt, **kw: 0.1)
-    sandbox.faults.force_status(503, count=uploader.MAX_SEND_ATTEMPTS, route="POST /batches")
+    services.backoff = lambda attempt: 0.1
+    sandbox.faults.force_status(503, count=MAX_SEND_ATTEMPTS, route="POST /batches")
     segment(segment_container, 40)
     run = wait_for_run(start_run(setup_export(segment_container)["id"])["runId"])
     assert run["status"] == "failed" and run["counts"]["failed"] == 40
@@ -167,22 +169,22 @@ def test_a_rejected_key_fails_the_run_fast_and_stops_sending(services, workers, 
     assert set(c["failedByReason"]) <= {"not sent: Omnisend rejected the API key", "not sent: the run had ended"}
 
 
-@pytest.mark.parametrize("dequeue_count,raises", [(1, True), (uploader.MAX_DEQUEUE_COUNT, False)])
+@pytest.mark.parametrize("dequeue_count,raises", [(1, True), (config.queue_rules().max_dequeue_count, False)])
 def test_the_last_delivery_of_a_failing_message_accounts_for_its_batch(services, sandbox, segment_container, monkeypatch,
                                                                         dequeue_count, raises):
     segment(segment_container, 30)
     run_id = start_run(setup_export(segment_container)["id"])["runId"]
-    plan_handler(as_message(receive(services.storage, config.QUEUE_RUNS)))
-    send = receive(services.storage, config.QUEUE_BATCHES)
+    plan_handler(as_message(receive(services.clients, config.QUEUE_RUNS)))
+    send = receive(services.clients, config.QUEUE_BATCHES)
 
     def broken(*a, **kw):
         raise RuntimeError("storage outage")
 
-    monkeypatch.setattr(uploader, "_send", broken)
+    monkeypatch.setattr(batches_queue, "send_contacts", broken)
     if raises:  # an early delivery fails loudly: the host retries it
         with pytest.raises(RuntimeError):
             upload_handler(as_message(send, dequeue_count=dequeue_count))
     else:  # the last one, before the poison queue, counts the batch as failed instead
         upload_handler(as_message(send, dequeue_count=dequeue_count))
-        run = services.storage.get_run(run_id)
+        run = services.runs.get(run_id)
         assert run.counts.failed_by_reason == {"not sent: internal error": 30} and run.status is RunStatus.FAILED

@@ -11,17 +11,17 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from apphelpers import create_connection, create_export, first_valid_rows, start_run, wait_for_run
-from conftest import TEST_API_KEY, TEST_BRAND
 from devtools.sample_segment import generate_profiles, write_segment_refresh
+from tests.apphelpers import create_connection, create_export, first_valid_rows, start_run, wait_for_run
+from tests.conftest import TEST_API_KEY, TEST_BRAND
 
-WORKER = Path(__file__).with_name("worker_process.py")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def spawn_worker(app_env: dict, secrets: dict) -> subprocess.Popen:
     env = {**os.environ, **app_env, "WORKER_SECRETS": json.dumps(secrets), "WORKER_LEASE_SECONDS": "3"}
-    proc = subprocess.Popen([sys.executable, str(WORKER)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.worker_process"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     assert proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -39,13 +39,13 @@ def test_killing_a_worker_process_mid_run_loses_nothing(services, sandbox, segme
     first = spawn_worker(app_env, secrets)
     try:
         deadline = time.monotonic() + 60
-        while services.storage.get_run(run_id).counts.batches_done < 15:
+        while services.runs.get(run_id).counts.batches_done < 15:
             assert time.monotonic() < deadline, "the first worker made no progress"
             time.sleep(0.1)
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # no chance to clean up: in-flight messages are abandoned
         first.wait()
-    killed_at = services.storage.get_run(run_id)
+    killed_at = services.runs.get(run_id)
     assert not killed_at.status.is_final and killed_at.counts.batches_done < killed_at.counts.batches
 
     second = spawn_worker(app_env, secrets)

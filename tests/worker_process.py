@@ -1,4 +1,5 @@
 """A separate worker process for the kill test: the real queue workers of the local runner.
+Started as ``python -m tests.worker_process`` from the repository root.
 
 Test scaffolding only: the development key store lives in process memory, so the test hands the
 connection's key to this process through WORKER_SECRETS (JSON {secret name: key}).
@@ -6,21 +7,17 @@ connection's key to this process through WORKER_SECRETS (JSON {secret name: key}
 
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from exporter.config import load_settings  # noqa: E402
-from exporter.local_runner import LocalHost  # noqa: E402
-from exporter.services import build_services, set_services  # noqa: E402
+from exporter.config import load_settings
+from exporter.devhost.local_runner import LocalHost
+from exporter.services import build_services, set_services
 
 services = build_services(load_settings())
 for name, value in json.loads(os.environ["WORKER_SECRETS"]).items():
     services.secrets.set(name, value)
 set_services(services)
-host = LocalHost(services.storage, port=0, batch_workers=4, run_workers=1, timer=False, idle_sleep=0.2,
+host = LocalHost(services.clients, port=0, batch_workers=4, run_workers=1, timer=False, idle_sleep=0.2,
                  lease_seconds=int(os.environ.get("WORKER_LEASE_SECONDS", "3")))
 host.start()
 print("ready", flush=True)

@@ -1176,7 +1176,7 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature
         logger.debug("sandbox %s - %s", self.address_string(), format % args)
 
     def _dispatch(self) -> None:

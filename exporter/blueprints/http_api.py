@@ -1,4 +1,7 @@
-"""HTTP trigger: the management API under /api. Each route hands its methods to plain endpoints."""
+"""HTTP trigger: the management API under /api. Each route hands its methods to plain endpoints.
+
+One decorated function per route, alike on purpose: the host binds a route to a function by its
+decorator, and each function only names the endpoints (in ``exporter/api/``) of its methods."""
 
 from __future__ import annotations
 

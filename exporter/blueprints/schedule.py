@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from .. import scheduler
+from ..lifecycle import schedule
 from ..logs import get_logger
 from ..services import get_services
 
@@ -16,4 +16,4 @@ log = get_logger(__name__)
 def export_schedule(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log.warning("timer is past due: a tick was missed; checking every export now")
-    scheduler.run_schedule(get_services())
+    schedule.run_schedule(get_services())

@@ -1,0 +1,123 @@
+"""/api/connections: an Omnisend account, its key in Key Vault, who may use it."""
+
+from __future__ import annotations
+
+from ..domain import Connection, new_id
+from ..lifecycle.cancel import note_on_active_run
+from ..omnisend import OmnisendAuthError, OmnisendError, OmnisendUnavailable
+from ..services import Services
+from .access import Caller, require_admin, require_member, require_use
+from .http import ApiRequest, ApiResponse, NotFound, flag, known_id, log, problem
+from .validation import BadRequest, Field, all_of, between, length, matches, validate
+
+MAX_PROFILES_LIMIT = 1_000_000_000
+CONNECTION_SPEC = (
+    Field("displayName", str, required=True, check=length(1, 100)),
+    # An HTTP header carries the key: visible ASCII only. The message never repeats the value.
+    Field("apiKey", str, required=True, check=all_of(
+        length(1, 500), matches(r"[\x21-\x7e]+", "must be the API key as Omnisend shows it: letters, digits and "
+                                                   "punctuation, without spaces or other characters"))),
+    Field("allowContributors", bool),
+    Field("dataPrivacyConsent", bool, required=True,
+          check=lambda v: None if v is True else "must be true: profile data, including personal data, leaves the "
+                                                 "platform's compliance boundary for Omnisend"),
+    Field("maxProfilesPerExport", int, check=between(1, MAX_PROFILES_LIMIT)),
+)
+
+# Ids the app hands out: hex (connections, exports) or digits and hex (runs). Anything else names nothing,
+
+
+def _connection_summary(c: Connection) -> dict:
+    return {"id": c.id, "displayName": c.display_name}
+
+
+def _get_connection(svc: Services, connection_id: str) -> Connection:
+    conn = svc.connections.get(connection_id) if known_id(connection_id) else None
+    if conn is None:
+        raise NotFound(f"No connection with id {connection_id!r}.")
+    return conn
+
+
+def list_connections(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    require_member(caller)
+    found = svc.connections.list()
+    if caller.is_admin:
+        return ApiResponse(200, {"connections": [c.to_api() for c in found]})
+    return ApiResponse(200, {"connections": [_connection_summary(c) for c in found if caller.may_use(c)]})
+
+
+def create_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    """Check the key with Omnisend ("Connect"), then store it; with ``?dryRun=true`` only check: the same
+    validation and the same key check, and nothing is stored."""
+    require_admin(caller, "create connections")
+    data = validate(req.json(), CONNECTION_SPEC)
+    name = data["displayName"].strip()
+    if any(c.display_name.casefold() == name.casefold() for c in svc.connections.list()):
+        raise BadRequest("The request has invalid fields.",
+                         [{"field": "displayName", "code": "duplicate", "message": f"a connection named {name!r} exists"}])
+    api_key = data["apiKey"].strip()
+    try:  # "Connect": one cheap authenticated call before anything is saved
+        with svc.omnisend_with_key(api_key) as client:
+            client.check_key()
+    except OmnisendAuthError:
+        return problem(422, "API key rejected", "Omnisend rejected this API key; the connection was not saved. "
+                       "Copy a valid key from Omnisend (Store settings > API keys).",
+                       errors=[{"field": "apiKey", "code": "rejected", "message": "Omnisend rejected this API key"}])
+    except OmnisendUnavailable as e:
+        if e.status is None:
+            return problem(502, "Omnisend unreachable", f"Omnisend could not be reached to check the key ({e}); "
+                           "nothing was saved. Try again later.")
+        return problem(502, "Omnisend unavailable", f"Omnisend failed while checking the key ({e}); nothing was "
+                       "saved. Try again later.")
+    except OmnisendError as e:
+        return problem(502, "Omnisend error", f"Omnisend answered the key check with an error: {e} Nothing was saved.")
+    if flag(req, "dryRun"):  # "Connect" without saving: the same checks, nothing stored
+        return ApiResponse(200, {"dryRun": True, "displayName": name, "keyAccepted": True,
+                                 "detail": "Omnisend accepted the API key. Nothing was saved."})
+    now = svc.clock()
+    conn = Connection(
+        id=new_id(),
+        display_name=name,
+        allow_contributors=bool(data.get("allowContributors", False)),
+        data_privacy_consent=True,
+        consented_by=caller.name,
+        consented_at=now,
+        created_at=now,
+        max_profiles_per_export=data.get("maxProfilesPerExport"),
+    )
+    svc.secrets.set(conn.secret_name, api_key)
+    svc.connections.put(conn)
+    log.info("connection created", extra={"connection_id": conn.id})
+    return ApiResponse(201, conn.to_api(), headers={"Location": f"{req.base_url()}/connections/{conn.id}"})
+
+
+def get_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    require_member(caller)
+    conn = _get_connection(svc, req.route_params["id"])
+    if caller.is_admin:
+        return ApiResponse(200, conn.to_api())
+    require_use(caller, conn, "see this connection")
+    return ApiResponse(200, _connection_summary(conn))
+
+
+def delete_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    """Remove a destination: its key leaves Key Vault, its exports are disabled (not deleted), and
+    running runs stop sending (the uploader finds no connection)."""
+    require_admin(caller, "remove connections")
+    conn = _get_connection(svc, req.route_params["id"])
+    svc.secrets.delete(conn.secret_name)  # first: if Key Vault refuses, nothing else has changed
+    svc.connections.delete(conn.id)
+    now = svc.clock()
+    removed = f"Connection {conn.display_name!r} was removed by {caller.name} at {now:%Y-%m-%d %H:%M} UTC"
+    for export in svc.exports.list():
+        if export.connection_id == conn.id:
+            export.enabled = False
+            export.disabled_reason = removed + "."
+            export.updated_at = now
+            svc.exports.put(export)
+        # Runs in progress stop sending by themselves (the uploader finds no connection); say why on them.
+        for run in svc.runs.list(export.id, limit=20):
+            if run.connection_id == conn.id and run.status.is_active:
+                note_on_active_run(svc, run.id, removed + "; batches not sent yet were not sent.")
+    log.info("connection removed", extra={"connection_id": conn.id})
+    return ApiResponse(204)

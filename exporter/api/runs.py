@@ -1,0 +1,94 @@
+"""/api/exports/{id}/runs and /api/runs/{id}: start, follow, cancel and retry runs, and their reports."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .. import segments
+from ..domain import Run, Trigger
+from ..lifecycle.cancel import AlreadyEndedError
+from ..lifecycle.cancel import cancel_run as cancel
+from ..lifecycle.retry import RetryError, retry_failed_batches
+from ..lifecycle.start import RunConflictError, start_run
+from ..lifecycle.stuck import stuck_reason
+from ..services import Services
+from .access import Caller, require_member, require_use_of
+from .exports import get_export_for
+from .http import ApiRequest, ApiResponse, Conflict, NotFound, flag, known_id
+
+
+def _run_body(req: ApiRequest, run: Run, now=None) -> dict:
+    body = run.to_api(status_url=f"{req.base_url()}/runs/{run.id}")
+    body["stuck"] = stuck_reason(run, now) if now is not None and not run.status.is_final else None
+    return body
+
+
+def start_export_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    export = get_export_for(svc, caller, req.route_params["id"], "run")
+    if not export.enabled:
+        raise Conflict("Export disabled", f"Export {export.name!r} is disabled"
+                       + (f": {export.disabled_reason}" if export.disabled_reason else ".") + " Enable it to run it.")
+    if svc.connections.get(export.connection_id) is None:
+        raise Conflict("Connection removed", "The export's connection was removed; choose another connection.")
+    container = svc.clients.segment_container(export.source.container)
+    try:
+        refresh = segments.latest_settled_refresh(container, export.source, svc.clock(),
+                                                  svc.settings.refresh_settle_seconds)
+    except segments.NoRefreshError as e:
+        raise Conflict("Nothing to export", str(e)) from None
+    except segments.RefreshNotSettledError as e:
+        raise Conflict("Refresh still being written", str(e)) from None
+    except segments.SegmentSourceError as e:
+        raise Conflict("Segment unreadable", str(e)) from None
+    full = flag(req, "full")
+    try:
+        run = start_run(svc, export, Trigger.MANUAL.value, refresh, full=full)
+    except RunConflictError as e:
+        raise Conflict("Run in progress", str(e), {"activeRunId": e.active_run_id}) from None
+    body = _run_body(req, run)
+    return ApiResponse(202, body, headers={"Location": body["statusUrl"]})
+
+
+def _get_run(svc: Services, caller: Caller, run_id: str) -> Run:
+    require_member(caller)
+    run = svc.runs.get(run_id) if known_id(run_id) else None
+    if run is None:
+        raise NotFound(f"No run with id {run_id!r}.")
+    require_use_of(caller, svc.connections.get(run.connection_id), "see or cancel runs that use it",
+                   "see or cancel runs of a removed connection")
+    return run
+
+
+def get_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    return ApiResponse(200, _run_body(req, _get_run(svc, caller, req.route_params["id"]), svc.clock()))
+
+
+def list_export_runs(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    export = get_export_for(svc, caller, req.route_params["id"], "see runs of")
+    now = svc.clock()
+    return ApiResponse(200, {"runs": [_run_body(req, r, now) for r in svc.runs.list(export.id)]})
+
+
+def get_run_rejects(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    run = _get_run(svc, caller, req.route_params["id"])
+    chunks: Iterable[bytes] = svc.reports.read(run.id)
+    return ApiResponse(200, b"".join(chunks), "text/csv; charset=utf-8",
+                       {"Content-Disposition": f'attachment; filename="run-{run.id}-rejects.csv"'})
+
+
+def cancel_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    run = _get_run(svc, caller, req.route_params["id"])
+    try:
+        run = cancel(svc, run.id, by=caller.name)
+    except AlreadyEndedError as e:
+        raise Conflict("Run already ended", str(e)) from None
+    return ApiResponse(202, _run_body(req, run))
+
+
+def retry_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    run = _get_run(svc, caller, req.route_params["id"])
+    try:
+        run, resent = retry_failed_batches(svc, run.id)
+    except RetryError as e:
+        raise Conflict("Cannot retry now", str(e)) from None
+    return ApiResponse(202, {**_run_body(req, run, svc.clock()), "batchesResent": resent})

@@ -1,0 +1,52 @@
+"""/api/health and /api/me: is the app working, and who does it take the caller for."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from .. import config
+from ..domain import iso
+from ..lifecycle.stuck import stuck_reason
+from ..services import Services
+from .access import Caller, require_member
+from .http import ApiRequest, ApiResponse
+
+# A timer that has not run for this long is reported (the default schedule fires every 15 minutes).
+TIMER_LATE_AFTER = timedelta(minutes=45)
+
+
+def health(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    """What an operator needs to know at a glance: is the schedule firing, is any run stuck,
+    is anything waiting in a poison queue."""
+    require_member(caller)
+    now = svc.clock()
+    problems: list[str] = []
+    last_tick = svc.heartbeat.last()
+    if last_tick is None or now - last_tick > TIMER_LATE_AFTER:
+        problems.append("The schedule has not run " + ("yet" if last_tick is None else f"since {iso(last_tick)}")
+                        + ": scheduled exports are not starting. Check that the function app is running.")
+    stuck = []
+    for export_id, run_id in svc.locks.held():
+        run = svc.runs.get(run_id)
+        reason = stuck_reason(run, now) if run is not None and not run.status.is_final else None
+        if reason:
+            stuck.append({"runId": run.id, "exportId": export_id, "status": run.status.value, "stuck": reason})
+            problems.append(f"Run {run.id} of export {export_id} is stuck: {reason}.")
+    poison = {q: svc.queue_length(q) for q in (config.QUEUE_RUNS + config.POISON_SUFFIX,
+                                               config.QUEUE_BATCHES + config.POISON_SUFFIX)}
+    for q, n in poison.items():
+        if n:
+            problems.append(f"{n} message(s) wait in {q}.")
+    body = {"status": "degraded" if problems else "ok", "problems": problems, "lastTimerTick": iso(last_tick),
+            "stuckRuns": stuck, "poisonMessages": poison}
+    return ApiResponse(200, body)
+
+
+# --- the caller and the segments (what the console needs to fill its forms) --------------------
+
+
+def me(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    """Who the API takes the caller for, and what that lets them do (the console hides what they may not)."""
+    require_member(caller)
+    return ApiResponse(200, {"name": caller.name, "roles": sorted(caller.roles), "isAdmin": caller.is_admin,
+                             "isContributor": caller.is_contributor, "devMode": svc.settings.dev_mode})

@@ -1,0 +1,277 @@
+"""Command line: run the app locally (``serve``) and manage it through its own HTTP API.
+
+    python -m exporter serve [--host 127.0.0.1] [--port 7071] [--workers 8] [--no-timer]
+    python -m exporter connections add --name NAME --consent [--allow-contributors] [--max-profiles N]
+                                       (the API key is read from OMNISEND_API_KEY or asked for)
+    python -m exporter connections list | remove ID
+    python -m exporter exports add --name NAME --connection ID --container C [--folder F] --segment S
+                                   --map email=COLUMN [--map firstName=COLUMN ...] [--disabled]
+    python -m exporter exports list | show ID | remove ID
+    python -m exporter run EXPORT_ID [--wait]
+
+Management commands act as a local Admin of the development mode (``serve``), the only mode in
+which the app trusts an identity header that the platform did not set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import requests
+
+from ..api.access import DEV_ADMIN_PRINCIPAL
+
+DEFAULT_URL = "http://127.0.0.1:7071/api"
+FINAL = ("succeeded", "partiallySucceeded", "failed", "cancelled")
+
+
+class ApiClient:
+    """A thin client of the app's API for the CLI and the demo."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, principal: str = DEV_ADMIN_PRINCIPAL, timeout: float = 30):
+        self.base_url = base_url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["X-MS-CLIENT-PRINCIPAL"] = principal
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body=None, expect=(200, 201, 202, 204)):
+        try:
+            res = self.session.request(method, f"{self.base_url}/{path}", json=body, timeout=self.timeout)
+        except requests.RequestException as e:
+            raise SystemExit(f"Cannot reach the exporter API at {self.base_url} ({type(e).__name__}). Is "
+                             "`python -m exporter serve` running there? Use --url to point elsewhere.") from None
+        if res.status_code not in expect:
+            raise SystemExit(f"{method} /api/{path} failed: {res.status_code} {_problem_text(res)}")
+        if res.content and res.headers.get("Content-Type", "").startswith("application/json"):
+            return res.json()
+        return res.content
+
+    def wait_for_run(self, run_id: str, progress=None, poll: float = 0.5, timeout: float = 3600,
+                     stall_polls: int = 3) -> dict:
+        """Poll until the run ended and its counts are final (``countsFinal``). A run that ended while
+        its counts stay the same for ``stall_polls`` polls is returned as it is (a server without
+        ``countsFinal``, or a run whose last batches are stuck)."""
+        deadline = time.monotonic() + timeout
+        last, unchanged = None, 0
+        while True:
+            run = self.request("GET", f"runs/{run_id}")
+            if progress:
+                progress(run)
+            c = run["counts"]
+            if run["status"] in FINAL and run.get("countsFinal", c["batchesDone"] >= c["batches"]):
+                return run
+            unchanged = unchanged + 1 if c == last else 0
+            last = c
+            if run["status"] in FINAL and unchanged >= stall_polls:
+                return run
+            if time.monotonic() > deadline:
+                raise SystemExit(f"Run {run_id} did not end within {timeout:.0f}s (status {run['status']}).")
+            time.sleep(poll)
+
+
+def _problem_text(res: requests.Response) -> str:
+    try:
+        body = res.json()
+    except ValueError:
+        return res.text[:500]
+    text = body.get("detail") or body.get("title") or ""
+    for e in body.get("errors") or []:
+        text += f"\n  - {e.get('field')}: {e.get('message')}"
+    return text
+
+
+def progress_line(run: dict) -> str:
+    c = run["counts"]
+    total = c["queued"] or 0
+    done = c["confirmed"] + c["failed"]
+    pct = f"{100 * done / total:5.1f}%" if total else "  -  "
+    return (f"{run['status']:<18} {pct}  read {c['read']:>8}  rejected {c['rejected']:>6}  "
+            f"sent {c['sent']:>8}  confirmed {c['confirmed']:>8}  failed {c['failed']:>6}")
+
+
+def print_counts(run: dict, out=sys.stdout) -> None:
+    c = run["counts"]
+    print(f"Run {run['runId']}: {run['status']}", file=out)
+    if run.get("error"):
+        print(f"  error: {run['error']}", file=out)
+    print(f"  rows read            {c['read']:>9}", file=out)
+    print(f"  exported (confirmed) {c['confirmed']:>9}", file=out)
+    print(f"  rejected             {c['rejected']:>9}", file=out)
+    for reason, n in sorted(c["rejectedByReason"].items()):
+        print(f"    {reason:<30} {n:>7}", file=out)
+    print(f"  duplicate emails     {c['duplicates']:>9}", file=out)
+    print(f"  failed at Omnisend   {c['failed']:>9}", file=out)
+    for reason, n in sorted(c["failedByReason"].items()):
+        print(f"    {reason:<30} {n:>7}", file=out)
+    print(f"  unchanged (skipped)  {c['skipped']:>9}", file=out)
+    held = c.get("alreadyTagged", 0)
+    print(f"  tagged as members    {c.get('tagged', 0):>9}" + (f"  (and {held} changed members kept their tag)" if held else ""),
+          file=out)
+    print(f"  left the segment     {c.get('left', 0):>9}  (tag removed: {c.get('untagged', 0)})", file=out)
+    if c.get("tagFailures"):
+        print(f"  tag changes failed   {c['tagFailures']:>9}  (retried by the next run)", file=out)
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def cmd_serve(args) -> int:
+    from ..config import load_settings
+    from ..logs import configure_logging
+    from ..services import build_services, set_services
+    from .local_runner import LocalHost
+
+    configure_logging()
+    env = dict(os.environ)
+    env["EXPORTER_DEV_MODE"] = "1"  # serve is the development mode: see README
+    os.environ["EXPORTER_DEV_MODE"] = "1"
+    settings = load_settings(env)
+    services = build_services(settings)
+    services.clients.ensure_resources()
+    set_services(services)
+    host = LocalHost(services.clients, host=args.host, port=args.port, batch_workers=args.workers,
+                     timer=not args.no_timer, env=env)
+    host.start()
+    print(f"Serving the exporter API on {host.url} (development mode; Omnisend at {settings.omnisend_api_url})",
+          flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1):
+            pass
+    except KeyboardInterrupt:
+        pass
+    host.stop()
+    return 0
+
+
+def cmd_connections(args) -> int:
+    api = ApiClient(args.url)
+    if args.action == "add":
+        key = os.environ.get("OMNISEND_API_KEY") or getpass.getpass("Omnisend API key: ")
+        body = {"displayName": args.name, "apiKey": key, "allowContributors": args.allow_contributors,
+                "dataPrivacyConsent": args.consent}
+        if args.max_profiles is not None:
+            body["maxProfilesPerExport"] = args.max_profiles
+        print(json.dumps(api.request("POST", "connections", body), indent=2))
+    elif args.action == "list":
+        for c in api.request("GET", "connections")["connections"]:
+            who = "admins and contributors" if c.get("allowContributors") else "admins only"
+            print(f"{c['id']}  {c['displayName']}  ({who})")
+    elif args.action == "remove":
+        api.request("DELETE", f"connections/{args.id}")
+        print(f"Connection {args.id} removed; its exports are disabled.")
+    return 0
+
+
+def cmd_exports(args) -> int:
+    api = ApiClient(args.url)
+    if args.action == "add":
+        mapping = dict(args.map)
+        body = {"name": args.name, "connectionId": args.connection,
+                "source": {"container": args.container, "folder": args.folder, "segment": args.segment},
+                "mapping": mapping, "enabled": not args.disabled}
+        created = api.request("POST", "exports", body)
+        print(json.dumps(created, indent=2))
+    elif args.action == "list":
+        for x in api.request("GET", "exports")["exports"]:
+            state = "enabled" if x["enabled"] else f"disabled ({x.get('disabledReason') or 'by a user'})"
+            print(f"{x['id']}  {x['name']}  segment {x['source']['segment']}  {state}")
+    elif args.action == "show":
+        print(json.dumps(api.request("GET", f"exports/{args.id}"), indent=2))
+    elif args.action == "remove":
+        api.request("DELETE", f"exports/{args.id}")
+        print(f"Export {args.id} removed.")
+    return 0
+
+
+def cmd_run(args) -> int:
+    api = ApiClient(args.url)
+    run = api.request("POST", f"exports/{args.export_id}/runs")
+    print(f"Run {run['runId']} queued.")
+    if not args.wait:
+        return 0
+    run = api.wait_for_run(run["runId"], progress=lambda r: print("  " + progress_line(r), flush=True), poll=1)
+    print_counts(run)
+    return 0 if run["status"] in ("succeeded", "partiallySucceeded") else 1
+
+
+def _field_column(text: str) -> tuple[str, str]:
+    field, sep, column = text.partition("=")
+    if not sep or not field.strip() or not column:
+        raise argparse.ArgumentTypeError(f"expected FIELD=COLUMN (e.g. email=PrimaryEmail), got {text!r}")
+    return field.strip(), column
+
+
+def _url_option(parser: argparse.ArgumentParser, default=DEFAULT_URL) -> None:
+    parser.add_argument("--url", default=default, help=f"the exporter API (default {DEFAULT_URL})")
+
+
+def _connection_add_options(add: argparse.ArgumentParser) -> None:
+    add.add_argument("--name", required=True)
+    add.add_argument("--allow-contributors", action="store_true")
+    add.add_argument("--consent", action="store_true",
+                     help="acknowledge that profile data, including personal data, leaves the platform for Omnisend")
+    add.add_argument("--max-profiles", type=int)
+
+
+def _export_add_options(add: argparse.ArgumentParser) -> None:
+    add.add_argument("--name", required=True)
+    add.add_argument("--connection", required=True)
+    add.add_argument("--container", required=True)
+    add.add_argument("--folder", default="")
+    add.add_argument("--segment", required=True)
+    add.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", required=True, type=_field_column)
+    add.add_argument("--disabled", action="store_true")
+
+
+def _resource_command(sub, name: str, help: str, fn, add_options, id_actions: tuple[str, ...]) -> None:
+    """A command with the actions ``add`` (its options set by ``add_options``), ``list`` and each of
+    ``id_actions``, which take an ID. --url is accepted before or after the action (``connections
+    --url U list`` and ``connections list --url U``)."""
+    command = sub.add_parser(name, help=help)
+    _url_option(command)
+    actions = command.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add")
+    add_options(add)
+    parsers = [add, actions.add_parser("list")]
+    for action in id_actions:
+        parsers.append(actions.add_parser(action))
+        parsers[-1].add_argument("id")
+    for parser in parsers:
+        _url_option(parser, argparse.SUPPRESS)
+    command.set_defaults(fn=fn)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m exporter", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the app locally (HTTP API, queue workers, timer)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=7071)
+    s.add_argument("--workers", type=int, default=8, help="upload workers (default 8)")
+    s.add_argument("--no-timer", action="store_true", help="do not fire the schedule")
+    s.set_defaults(fn=cmd_serve)
+
+    _resource_command(sub, "connections", "manage Omnisend connections", cmd_connections, _connection_add_options,
+                      ("remove",))
+    _resource_command(sub, "exports", "manage exports", cmd_exports, _export_add_options, ("show", "remove"))
+
+    r = sub.add_parser("run", help="run an export now")
+    _url_option(r)
+    r.add_argument("export_id")
+    r.add_argument("--wait", action="store_true", help="show progress until the run ends, then the counts")
+    r.set_defaults(fn=cmd_run)
+
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    return args.fn(args)

@@ -1,0 +1,147 @@
+"""An export: a segment, a connection and the mapping of segment columns to Omnisend contact fields.
+
+Field names in ``to_api`` follow the public JSON API (camelCase); Python attributes stay snake_case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from .common import iso
+
+# Omnisend contact fields an export can map, in API order: (json name, python attribute).
+MAPPABLE_FIELDS = (
+    ("email", "email"),
+    ("firstName", "first_name"),
+    ("lastName", "last_name"),
+    ("address", "address"),
+    ("country", "country"),
+    ("state", "state"),
+    ("city", "city"),
+    ("postalCode", "postal_code"),
+)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """Which segment column feeds each Omnisend contact field (column names, as the platform wrote them)."""
+
+    email: str
+    first_name: str | None = None
+    last_name: str | None = None
+    address: str | None = None
+    country: str | None = None
+    state: str | None = None
+    city: str | None = None
+    postal_code: str | None = None
+
+    def to_api(self) -> dict:
+        return {api: getattr(self, attr) for api, attr in MAPPABLE_FIELDS if getattr(self, attr) is not None}
+
+    @classmethod
+    def from_api(cls, data: dict) -> "Mapping":
+        get = data.get
+        return cls(email=data["email"], first_name=get("firstName"), last_name=get("lastName"), address=get("address"),
+                   country=get("country"), state=get("state"), city=get("city"), postal_code=get("postalCode"))
+
+    def columns(self) -> dict[str, str]:
+        """Mapped contact field (json name) -> column name, for the fields that are mapped."""
+        return self.to_api()
+
+
+@dataclass(frozen=True)
+class Source:
+    container: str
+    folder: str  # the platform's root folder inside the container ("" for the container root)
+    segment: str
+
+    def to_api(self) -> dict:
+        return {"container": self.container, "folder": self.folder, "segment": self.segment}
+
+    @classmethod
+    def from_api(cls, data: dict) -> "Source":
+        return cls(container=data["container"], folder=data.get("folder") or "", segment=data["segment"])
+
+
+TAG_PATTERN = re.compile(r"^[a-zA-Z0-9_\- ]{1,128}$")  # what Omnisend's own plugin accepts
+
+
+def safe_tag(name: str) -> str:
+    """A segment name made into a tag Omnisend accepts: other characters become "-", at most 128."""
+    tag = re.sub(r"[^a-zA-Z0-9_\- ]", "-", name).strip()[:128].strip()
+    return tag or "segment"
+
+
+@dataclass(frozen=True)
+class Consent:
+    """Maps a profile column to Omnisend's email channel status; without it, exports never change consent."""
+
+    column: str
+    subscribed: tuple[str, ...] = ("true", "yes", "1")
+    unsubscribed: tuple[str, ...] = ("false", "no", "0")
+    changed_at_column: str | None = None  # when the profile's consent changed; else the refresh time
+
+    def to_api(self) -> dict:
+        body = {"column": self.column, "subscribedValues": list(self.subscribed),
+                "unsubscribedValues": list(self.unsubscribed)}
+        if self.changed_at_column:
+            body["changedAtColumn"] = self.changed_at_column
+        return body
+
+    @classmethod
+    def from_api(cls, data: dict | None) -> "Consent | None":
+        if not data:
+            return None
+        return cls(
+            column=data["column"],
+            subscribed=tuple(v.strip().casefold() for v in data.get("subscribedValues") or cls.subscribed),
+            unsubscribed=tuple(v.strip().casefold() for v in data.get("unsubscribedValues") or cls.unsubscribed),
+            changed_at_column=data.get("changedAtColumn") or None,
+        )
+
+
+@dataclass
+class Export:
+    id: str
+    name: str
+    connection_id: str
+    source: Source
+    mapping: Mapping
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+    disabled_reason: str | None = None
+    tag: str | None = None  # segment membership tag in Omnisend; None: derived from the segment name
+    consent: Consent | None = None
+    send_welcome_message: bool = False
+
+    @property
+    def effective_tag(self) -> str:
+        return self.tag or safe_tag(self.source.segment)
+
+    def sync_key(self) -> str:
+        """What a member's state depends on besides its fields: when it changes, everyone is sent again."""
+        parts = [self.connection_id, json.dumps(self.mapping.to_api(), sort_keys=True), self.effective_tag,
+                 json.dumps(self.consent.to_api() if self.consent else None, sort_keys=True),
+                 str(self.send_welcome_message)]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+    def to_api(self) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "connectionId": self.connection_id,
+            "source": self.source.to_api(),
+            "mapping": self.mapping.to_api(),
+            "tag": self.effective_tag,
+            "consent": self.consent.to_api() if self.consent else None,
+            "sendWelcomeMessage": self.send_welcome_message,
+            "enabled": self.enabled,
+            "disabledReason": self.disabled_reason,
+            "createdAt": iso(self.created_at),
+            "updatedAt": iso(self.updated_at),
+        }

@@ -1,0 +1,35 @@
+"""Why a row was not exported: stable keys, counted per run (``rejectedByReason``, ``failedByReason``)
+and written to the run's report. One copy of each: the planner, the uploader and the tests use these."""
+
+from __future__ import annotations
+
+# rejected while planning: the row itself is unusable
+REASON_MALFORMED_ROW = "malformed row"
+REASON_NOT_UTF8 = "not valid UTF-8"
+REASON_MISSING_EMAIL = "missing email"
+REASON_INVALID_EMAIL = "invalid email"
+REASON_VALUE_TOO_LONG = "value too long"
+REASON_CONTACT_TOO_LARGE = "contact too large"
+REASON_INVALID_CONSENT_DATE = "invalid consent date"
+REASON_DUPLICATE = "duplicate email"
+
+# failed: a valid contact that was not sent
+REASON_NOT_SENT_OVER_LIMIT = "not sent: over the contract limit"
+REASON_NOT_SENT_UNREADABLE = "not sent: the segment could not be read"
+REASON_NOT_SENT_RUN_ENDED = "not sent: the run had ended"
+REASON_NOT_SENT_CONNECTION = "not sent: connection removed"
+REASON_NOT_SENT_AUTH = "not sent: Omnisend rejected the API key"
+REASON_NOT_SENT_UNAVAILABLE = "not sent: Omnisend unavailable"
+REASON_NOT_SENT_REJECTED = "not sent: Omnisend rejected the batch"
+REASON_INTERNAL = "not sent: internal error"
+
+# failed: sent, and Omnisend did not store it, or its outcome could not be learned
+REASON_STOPPED = "batch stopped by Omnisend"
+REASON_NOT_REPORTED = "outcome not reported by Omnisend"
+REASON_OUTCOME_UNKNOWN = "outcome unknown"
+REASON_OUTCOME_UNKNOWN_CONNECTION = "outcome unknown: connection removed"
+
+
+def rejected_by_omnisend(code: int | None) -> str:
+    """The reason of a contact Omnisend answered with an error code in its batch results."""
+    return f"rejected by Omnisend ({code})"

@@ -1,0 +1,72 @@
+"""The timer's decision: which exports have a new, complete refresh to export.
+
+A refresh is identified by its folder and the ETags of its blobs (``Refresh.fingerprint``). It is
+exported once: an export whose last successful run had the same fingerprint is left alone, however
+often the timer fires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import segments
+from ..domain import Export, Run, Trigger
+from ..logs import get_logger
+from ..services import Services
+from .start import RunConflictError, active_run, last_succeeded_run, start_run
+from .stuck import reconcile
+
+log = get_logger(__name__)
+
+
+@dataclass
+class TickResult:
+    started: list[Run]
+    waiting: list[str]  # export ids whose refresh is still being written
+    up_to_date: list[str]
+    errors: dict[str, str]  # export id -> why it could not be checked
+    stuck: list[str]  # run ids that show no progress (see stuck.stuck_reason)
+
+
+def run_schedule(svc: Services) -> TickResult:
+    svc.heartbeat.record(svc.clock())
+    result = TickResult(started=[], waiting=[], up_to_date=[], errors={}, stuck=[r.id for r in reconcile(svc)])
+    for export in svc.exports.list():
+        if not export.enabled:
+            continue
+        try:
+            _consider(svc, export, result)
+        except segments.SegmentSourceError as e:
+            result.errors[export.id] = str(e)
+            log.warning("export not checked: %s", e, extra={"export_id": export.id})
+    log.info(
+        "timer: %d started, %d waiting for a refresh to settle, %d up to date, %d errors",
+        len(result.started), len(result.waiting), len(result.up_to_date), len(result.errors),
+    )
+    return result
+
+
+def _consider(svc: Services, export: Export, result: TickResult) -> None:
+    container = svc.clients.segment_container(export.source.container)
+    try:
+        refresh = segments.latest_settled_refresh(container, export.source, svc.clock(),
+                                                  svc.settings.refresh_settle_seconds)
+    except segments.NoRefreshError:
+        result.up_to_date.append(export.id)
+        return
+    except segments.RefreshNotSettledError as e:
+        result.waiting.append(export.id)
+        log.info("refresh %s still being written; left for a later tick", e.refresh.folder,
+                 extra={"export_id": export.id})
+        return
+    last = last_succeeded_run(svc, export.id)
+    if last is not None and last.refresh_fingerprint == refresh.fingerprint:
+        result.up_to_date.append(export.id)
+        return
+    if active_run(svc, export.id) is not None:
+        result.up_to_date.append(export.id)  # the running run will be compared on the next tick
+        return
+    try:
+        result.started.append(start_run(svc, export, Trigger.SCHEDULE.value, refresh))
+    except RunConflictError:
+        result.up_to_date.append(export.id)

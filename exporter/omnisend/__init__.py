@@ -1,0 +1,21 @@
+"""Omnisend: the API client, its typed errors, the API's limits and the pacing of requests."""
+
+from .client import OmnisendClient
+from .errors import (
+    OmnisendAuthError,
+    OmnisendError,
+    OmnisendNotFound,
+    OmnisendRateLimited,
+    OmnisendTerminalError,
+    OmnisendTransientError,
+    OmnisendUnavailable,
+    OmnisendValidationError,
+    OmnisendVersionRetired,
+)
+from .results import BatchInfo, BatchItemResult
+
+__all__ = [
+    "BatchInfo", "BatchItemResult", "OmnisendAuthError", "OmnisendClient", "OmnisendError", "OmnisendNotFound",
+    "OmnisendRateLimited", "OmnisendTerminalError", "OmnisendTransientError", "OmnisendUnavailable",
+    "OmnisendValidationError", "OmnisendVersionRetired",
+]

@@ -1,0 +1,70 @@
+"""Handing a plan to the uploaders: every batch message onto the batches queue, directly or through
+dispatch messages, paced by the connection's request budget."""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable
+
+from ..config import Settings
+from ..services import Services
+from .spool import DISPATCH_LINES, Spool
+
+ENQUEUE_THREADS = 8
+DIRECT_ENQUEUE_LINES = 50  # up to this many messages go straight onto the queue, without a spool blob
+REQUESTS_PER_BATCH = 2  # a send and (usually) one check
+DISPATCH_PACE = 0.9  # dispatch a little ahead of what the budget can send, so no worker waits for work
+
+
+class EnqueueError(RuntimeError):
+    """Enqueueing stopped part way; planning the run again is safe (batch numbers are stable)."""
+
+
+def enqueue(svc: Services, spool: Spool) -> None:
+    """Hand the spooled messages to the uploaders.
+
+    A small run's messages go straight onto the batch queue. A large run's spool becomes one blob
+    (its blocks were staged while the segment was read; committing them makes it whole) and only a
+    "dispatch" message per DISPATCH_LINES of it is enqueued; uploaders fan those out while others
+    already send. One queue message per Omnisend batch up front would cost the planner more than
+    reading the segment (about 75 messages a second to Azurite from one process), and Omnisend takes
+    at most ~3 batches a second anyway.
+
+    Dispatch messages become visible ``dispatch_stagger`` apart, so batches are sent roughly in number
+    order: tag waves, which follow batch numbers, can then start early instead of when nearly every
+    batch is counted.
+    """
+    try:
+        if spool.lines <= DIRECT_ENQUEUE_LINES:
+            _send_all(svc, ((text, 0) for text in spool.messages()))
+        else:
+            stagger = dispatch_stagger(svc.settings)
+            _send_all(svc, ((d.encode(), i * stagger) for i, d in enumerate(spool.commit())))
+    except Exception as e:
+        raise EnqueueError(f"enqueueing batches failed: {type(e).__name__}") from e
+
+
+def dispatch_stagger(settings: Settings) -> float:
+    """Seconds between dispatch messages becoming visible: a little less than the request budget needs
+    to send DISPATCH_LINES batches (13.5 s at Omnisend's 400 a minute).
+
+    Faster, and batches pile up visible: workers pick them in no order, and a message the pacer
+    defers comes back later still, so the first tag wave is complete only late in the run (measured:
+    at 10 batches a second, 100,000 rows at Omnisend's limits took 619 s, the tags endpoint idle for
+    minutes). Slower, and the budget idles.
+    """
+    per_batch = REQUESTS_PER_BATCH * settings.omnisend_rate_window_seconds / settings.omnisend_rate_limit
+    return DISPATCH_PACE * DISPATCH_LINES * per_batch
+
+
+def _send_all(svc: Services, messages: Iterable[tuple[str, float]]) -> None:
+    """Send (text, delay) messages with a few threads, holding only a small window of them in memory."""
+    in_flight: deque = deque()
+    with ThreadPoolExecutor(ENQUEUE_THREADS, thread_name_prefix="enqueue") as pool:
+        for text, delay in messages:
+            in_flight.append(pool.submit(svc.batch_queue.send_text, text, delay))
+            if len(in_flight) >= 2 * ENQUEUE_THREADS:
+                in_flight.popleft().result()
+        while in_flight:
+            in_flight.popleft().result()

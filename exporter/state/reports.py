@@ -1,0 +1,99 @@
+"""A run's report of rows that did not reach Omnisend: an append blob of the planner's rejections
+(``exporter-runs/<run>/rejects.csv``), followed on reading by every contact the batch records list
+as failed (their outcome and their report are one record)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Iterator
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.blob import BlobClient, ContainerClient
+
+from ..messages import SendBatch
+from .batches import BatchRepository
+
+COLUMNS = ("stage", "partition", "row", "email", "reason", "detail")
+HEADER = (",".join(COLUMNS) + "\r\n").encode()
+APPEND_BLOCK_BYTES = 4 << 20  # an append block holds at most 4 MiB
+
+
+class ReportWriter:
+    """Appends report lines to the run's append blob in blocks (append blobs take concurrent writers)."""
+
+    FLUSH_BYTES = 1 << 20
+
+    def __init__(self, blob: BlobClient):
+        self._blob = blob
+        self._buf = io.StringIO()
+        self._csv = csv.writer(self._buf, lineterminator="\r\n")
+
+    def add(self, stage: str, partition: str, row: int | str, email: str, reason: str, detail: str = "") -> None:
+        self._csv.writerow((stage, partition, row, email, reason, detail))
+        if self._buf.tell() >= self.FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        data = self._buf.getvalue()
+        if not data:
+            return
+        raw = data.encode("utf-8")
+        for start in range(0, len(raw), APPEND_BLOCK_BYTES):
+            block = raw[start : start + APPEND_BLOCK_BYTES]
+            try:
+                self._blob.append_block(block)
+            except ResourceNotFoundError:  # the run's report was never started (an old run): start it
+                self._blob.create_append_blob()
+                self._blob.append_block(HEADER)
+                self._blob.append_block(block)
+        self._buf.seek(0)
+        self._buf.truncate()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class ReportRepository:
+    def __init__(self, container: ContainerClient, batches: BatchRepository):
+        self._container = container
+        self._batches = batches
+
+    def _blob(self, run_id: str) -> BlobClient:
+        return self._container.get_blob_client(f"{run_id}/rejects.csv")
+
+    def create(self, run_id: str) -> None:
+        """Start the run's report with its header; done once, before any batch can append to it."""
+        blob = self._blob(run_id)
+        blob.create_append_blob()
+        blob.append_block(HEADER)
+
+    def open(self, run_id: str) -> ReportWriter:
+        return ReportWriter(self._blob(run_id))
+
+    def read(self, run_id: str) -> Iterator[bytes]:
+        """The run's report as CSV, streamed: the planner's rejections, then every contact that did
+        not land at Omnisend, from the batch records."""
+        try:
+            yield from self._blob(run_id).download_blob().chunks()
+        except ResourceNotFoundError:
+            yield HEADER
+        buf = io.StringIO()
+        out = csv.writer(buf, lineterminator="\r\n")
+        for batch in self._batches.list(run_id, failed_only=True):
+            sent = batch.payload if isinstance(batch.payload, SendBatch) else None
+            for f in batch.failures:
+                part, row = sent.source_row(f.index) if sent else ("", "")
+                out.writerow(("upload", part, row, sent.email(f.index) if sent else "", f.reason, f.detail))
+            if buf.tell() > 1 << 16:
+                yield buf.getvalue().encode()
+                buf.seek(0)
+                buf.truncate()
+        if buf.tell():
+            yield buf.getvalue().encode()
+
+    def delete(self, run_id: str) -> None:
+        try:
+            self._blob(run_id).delete_blob()
+        except ResourceNotFoundError:
+            pass
