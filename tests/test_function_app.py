@@ -32,3 +32,24 @@ def test_http_routes_cover_the_api():
                  ("segments/columns", "GET"), ("console/{*path}", "GET")]:
         assert want in routes
     assert all(b[0]["authLevel"] == "ANONYMOUS" for b in bindings().values() if b[0]["type"] == "httpTrigger")
+
+
+def test_the_app_loads_without_the_development_host():
+    """exporter/devhost/ (local runner, CLI) stays out of the deployment package (.funcignore): the
+    app's functions must load without it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("import sys, importlib.abc\n"
+            "class NoDevhost(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.startswith('exporter.devhost'):\n"
+            "            raise ImportError('exporter.devhost is not deployed')\n"
+            "sys.meta_path.insert(0, NoDevhost())\n"
+            "import function_app\n"
+            "print(len(function_app.app.get_functions()))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) >= 10

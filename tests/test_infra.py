@@ -90,7 +90,8 @@ DEPLOYER_ASSIGNMENT = ("app/rbac.bicep", "deployerKeyVaultSecretsOfficer")
 FUNCIGNORE_MUST_EXCLUDE = [
     "tests/", "devtools/", "benchmarks/", "docs/", "node_modules/", ".venv/", "infra/", ".local/",
     ".ci/", ".git", "local.settings.json", "__pycache__/", ".pytest_cache/", "azure.yaml",
-    "requirements-dev.txt", "requirements-infra-check.txt", "package.json", "package-lock.json",
+    "requirements-dev.txt", "requirements-infra-check.txt", "package.json", "package-lock.json", "pyproject.toml",
+    "exporter/devhost/",
 ]
 FUNCIGNORE_MUST_KEEP = ["function_app.py", "host.json", "requirements.txt", "exporter/"]
 
