@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from devtools.sample_segment import generate_profiles, write_segment_refresh
 from exporter import config
 from exporter.domain import RunStatus, utcnow
+from exporter.lifecycle.history import DRAINED_AFTER
 from tests.apphelpers import call, create_connection, create_export, start_run, wait_for_run
 from tests.conftest import TEST_API_KEY
 from tests.test_uploader import as_message, plan_handler, receive
@@ -69,7 +70,8 @@ def test_an_export_with_a_run_in_progress_is_not_deleted(services, sandbox, segm
     services.runs.update(run_id, cancelled_with_batches_out)
     status, body, _ = call("export", "DELETE", "", route_params={"id": export["id"]})
     assert status == 409 and "still being counted" in body["detail"]
-    services.runs.update(run_id, lambda run: setattr(run, "counts_final", True))  # the last batch was counted
+    later = utcnow() + DRAINED_AFTER + timedelta(minutes=1)
+    services.clock = lambda: later  # half an hour later nothing has moved: those batches never will
     assert call("export", "DELETE", "", route_params={"id": export["id"]})[0] == 204
     assert services.runs.get(run_id) is None and services.exports.get(export["id"]) is None
 

@@ -60,12 +60,12 @@ def test_a_state_replaced_while_it_is_read_is_read_again_never_taken_for_none(bl
         store = StateStore(container)
         records = sorted((member_key(f"p{i}@example.com"), i, f"p{i}@example.com") for i in range(50))
         store.write(header("r1"), records)
-        stale = store._current("e1")
+        stale = store.current_name("e1")
         store.write(header("r2"), records[:40])  # the next run's state; r1's blob is deleted
         assert not container.get_blob_client(stale).exists()
-        current = store._current
+        current = store.current_name
         names = iter([stale])  # the first read of the pointer happened before the switch
-        monkeypatch.setattr(store, "_current", lambda export_id: next(names, None) or current(export_id))
+        monkeypatch.setattr(store, "current_name", lambda export_id: next(names, None) or current(export_id))
         state = store.load("e1")
         assert state is not None and state.header.run_id == "r2" and len(state) == 40
         state.close()

@@ -28,7 +28,9 @@ def health(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     stuck = []
     for export_id, run_id in svc.locks.held():
         run = svc.runs.get(run_id)
-        reason = stuck_reason(run, now) if run is not None and not run.status.is_final else None
+        if run is None or run.status.is_final:
+            continue
+        reason = stuck_reason(run, now)
         if reason:
             stuck.append({"runId": run.id, "exportId": export_id, "status": run.status.value, "stuck": reason})
             problems.append(f"Run {run.id} of export {export_id} is stuck: {reason}.")

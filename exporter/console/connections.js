@@ -75,6 +75,8 @@ function confirmRemoval(cell, connection, reload, problemBox) {
 }
 
 
+// The connect form in one function: its parts (consent text, key check, dry run) share the form's
+// state through this closure; about a third of it is the markup of the consent and the fields.
 function connectionForm(onSaved) {
   const problem = alertBox();
   const status = statusBox();

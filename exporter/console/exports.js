@@ -80,6 +80,10 @@ function fillColumns(select, columns, value, placeholder) {
 }
 
 
+// One function on purpose, for now: the form's controls depend on each other (the columns read for the
+// source fill the email, attribute and consent selects; Run now follows whether the form is saved),
+// and they share that state through this closure. Issue #16 rebuilds this view (source picker,
+// preview); it is the place to split it into parts with their own state.
 export async function exportView(main, exportId) {
   const view = state.view;
   const isNew = exportId === null;

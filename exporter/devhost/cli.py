@@ -153,43 +153,57 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _add_connection(api: ApiClient, args) -> None:
+    key = os.environ.get("OMNISEND_API_KEY") or getpass.getpass("Omnisend API key: ")
+    body = {"displayName": args.name, "apiKey": key, "allowContributors": args.allow_contributors,
+            "dataPrivacyConsent": args.consent}
+    if args.max_profiles is not None:
+        body["maxProfilesPerExport"] = args.max_profiles
+    print(json.dumps(api.request("POST", "connections", body), indent=2))
+
+
+def _list_connections(api: ApiClient, args) -> None:
+    for c in api.request("GET", "connections")["connections"]:
+        who = "admins and contributors" if c.get("allowContributors") else "admins only"
+        print(f"{c['id']}  {c['displayName']}  ({who})")
+
+
+def _remove_connection(api: ApiClient, args) -> None:
+    api.request("DELETE", f"connections/{args.id}")
+    print(f"Connection {args.id} removed; its exports are disabled.")
+
+
 def cmd_connections(args) -> int:
-    api = ApiClient(args.url)
-    if args.action == "add":
-        key = os.environ.get("OMNISEND_API_KEY") or getpass.getpass("Omnisend API key: ")
-        body = {"displayName": args.name, "apiKey": key, "allowContributors": args.allow_contributors,
-                "dataPrivacyConsent": args.consent}
-        if args.max_profiles is not None:
-            body["maxProfilesPerExport"] = args.max_profiles
-        print(json.dumps(api.request("POST", "connections", body), indent=2))
-    elif args.action == "list":
-        for c in api.request("GET", "connections")["connections"]:
-            who = "admins and contributors" if c.get("allowContributors") else "admins only"
-            print(f"{c['id']}  {c['displayName']}  ({who})")
-    elif args.action == "remove":
-        api.request("DELETE", f"connections/{args.id}")
-        print(f"Connection {args.id} removed; its exports are disabled.")
+    actions = {"add": _add_connection, "list": _list_connections, "remove": _remove_connection}
+    actions[args.action](ApiClient(args.url), args)
     return 0
 
 
+def _add_export(api: ApiClient, args) -> None:
+    body = {"name": args.name, "connectionId": args.connection,
+            "source": {"container": args.container, "folder": args.folder, "segment": args.segment},
+            "mapping": dict(args.map), "enabled": not args.disabled}
+    print(json.dumps(api.request("POST", "exports", body), indent=2))
+
+
+def _list_exports(api: ApiClient, args) -> None:
+    for x in api.request("GET", "exports")["exports"]:
+        state = "enabled" if x["enabled"] else f"disabled ({x.get('disabledReason') or 'by a user'})"
+        print(f"{x['id']}  {x['name']}  segment {x['source']['segment']}  {state}")
+
+
+def _show_export(api: ApiClient, args) -> None:
+    print(json.dumps(api.request("GET", f"exports/{args.id}"), indent=2))
+
+
+def _remove_export(api: ApiClient, args) -> None:
+    api.request("DELETE", f"exports/{args.id}")
+    print(f"Export {args.id} removed, with the history of its runs.")
+
+
 def cmd_exports(args) -> int:
-    api = ApiClient(args.url)
-    if args.action == "add":
-        mapping = dict(args.map)
-        body = {"name": args.name, "connectionId": args.connection,
-                "source": {"container": args.container, "folder": args.folder, "segment": args.segment},
-                "mapping": mapping, "enabled": not args.disabled}
-        created = api.request("POST", "exports", body)
-        print(json.dumps(created, indent=2))
-    elif args.action == "list":
-        for x in api.request("GET", "exports")["exports"]:
-            state = "enabled" if x["enabled"] else f"disabled ({x.get('disabledReason') or 'by a user'})"
-            print(f"{x['id']}  {x['name']}  segment {x['source']['segment']}  {state}")
-    elif args.action == "show":
-        print(json.dumps(api.request("GET", f"exports/{args.id}"), indent=2))
-    elif args.action == "remove":
-        api.request("DELETE", f"exports/{args.id}")
-        print(f"Export {args.id} removed.")
+    actions = {"add": _add_export, "list": _list_exports, "show": _show_export, "remove": _remove_export}
+    actions[args.action](ApiClient(args.url), args)
     return 0
 
 

@@ -17,7 +17,7 @@ class AlreadyEndedError(RuntimeError):
 
 def cancel_run(svc: Services, run_id: str, by: str) -> Run:
     """No further batches of the run are sent; batches in flight are still counted."""
-    cancelled = []
+    cancelled: list[bool] = []
 
     def mutate(r: Run):
         cancelled.clear()  # called again when another writer got in first: only the last call counts

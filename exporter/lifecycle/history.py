@@ -5,27 +5,35 @@ export is gone."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from ..domain import Run
 from ..logs import get_logger
 from ..services import Services
 
 log = get_logger(__name__)
 
+# An ended run whose batches in flight have not moved for this long never will (their messages are
+# gone): it no longer holds its export. The same time a run goes without progress before it is stuck.
+DRAINED_AFTER = timedelta(minutes=30)
 
-def in_flight(run: Run) -> bool:
+
+def in_flight(run: Run, now: datetime) -> bool:
     """Whether anything of the run may still write: it is going, or it ended (cancelled, failed) while
-    batches it had sent out are still being counted. A run cancelled before it was picked up for
-    planning has nothing out."""
+    batches it had sent out are still being counted, and they still move. A run cancelled before it
+    was picked up for planning has nothing out."""
     if run.status.is_active:
         return True
-    return not run.counts_final and run.started_at is not None
+    if run.counts_final or run.started_at is None:
+        return False
+    return run.progress_at is None or now - run.progress_at < DRAINED_AFTER
 
 
 def busy_run(svc: Services, export_id: str) -> Run | None:
     """The export's latest run while anything of it may still write, else None."""
     run_id = svc.locks.holder(export_id)
     run = svc.runs.get(run_id) if run_id is not None else None
-    return run if run is not None and in_flight(run) else None
+    return run if run is not None and in_flight(run, svc.clock()) else None
 
 
 def delete_history(svc: Services, export_id: str) -> int:

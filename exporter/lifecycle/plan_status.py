@@ -18,7 +18,7 @@ def claim_for_planning(svc: Services, run_id: str, redelivered: bool) -> tuple[R
     A redelivered message may take over a run left in planning: its worker died (planning is
     repeatable; batches already enqueued are recognised by number and not sent twice).
     """
-    claimed = []
+    claimed: list[bool] = []
 
     def mutate(run: Run):
         claimed.clear()  # called again when another writer got in first: only the last call counts
@@ -64,11 +64,11 @@ def record_plan(svc: Services, run_id: str, counts: RunCounts, refresh: Refresh,
 
     tally = svc.tallies.update(run_id, planned)
     try:
-        return settle(svc, run_id, tally) or svc.runs.get(run_id)
+        return settle(svc, run_id, tally) or svc.runs.require(run_id)
     except Exception:  # batches are out: this is no planning failure ("nothing was sent")
         # the workers' next settle, or the timer's reconcile (lifecycle/stuck.py), moves the run on
         log.exception("moving the run on after planning failed", extra={"run_id": run_id})
-        return svc.runs.get(run_id)
+        return svc.runs.require(run_id)
 
 
 def abandon(svc: Services, run_id: str, counts: RunCounts, refresh: Refresh | None, reason: str,

@@ -78,4 +78,4 @@ def retry_failed_batches(svc: Services, run_id: str) -> tuple[Run, int]:
     for payload in payloads:
         svc.batch_queue.send(payload)
     log.info("retrying %d failed batches", len(payloads), extra={"run_id": run_id, "export_id": run.export_id})
-    return svc.runs.get(run_id), len(payloads)
+    return svc.runs.require(run_id), len(payloads)

@@ -30,7 +30,7 @@ WAVE_MIN_BACKLOG = 10  # tag batches a wave may wait behind; at least the tags l
 
 def request_tags(svc: Services, run_id: str) -> None:
     """Ask (once) for the run's tag batches to be planned, on the runs queue."""
-    won = []
+    won: list[bool] = []
 
     def mark(t: Tally) -> None:
         won.clear()  # called again when another writer got in first: only the last call counts

@@ -10,6 +10,8 @@ from .entities import PartitionRepository
 PARTITION = "connection"
 
 
+# Written out field by field, like every entity conversion here: the property names are the stored
+# format (connections and exports look alike on purpose; see state/entities.py).
 def _serialize(c: Connection) -> dict:
     return {
         "PartitionKey": PARTITION,

@@ -12,6 +12,8 @@ from .entities import PartitionRepository
 PARTITION = "export"
 
 
+# Written out field by field, like every entity conversion here: the property names are the stored
+# format (connections and exports look alike on purpose; see state/entities.py).
 def _serialize(x: Export) -> dict:
     return {
         "PartitionKey": PARTITION,

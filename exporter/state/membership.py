@@ -147,7 +147,7 @@ class StateStore:
     def _pointer(self, export_id: str):
         return self.container.get_blob_client(f"state/{export_id}/current.json")
 
-    def _current(self, export_id: str) -> str | None:
+    def current_name(self, export_id: str) -> str | None:
         """The name of the export's current state blob; None when it has none."""
         try:
             return json.loads(self._pointer(export_id).download_blob().readall())["blob"]
@@ -162,7 +162,7 @@ class StateStore:
         pointer, never taken for "no state": that would forget every member.
         """
         for attempt in range(LOAD_ATTEMPTS):
-            name = self._current(export_id)
+            name = self.current_name(export_id)
             if name is None:
                 return None
             try:
@@ -216,7 +216,7 @@ class StateStore:
                     f.write(chunk)
                 f.seek(0)
                 self.container.get_blob_client(name).upload_blob(f, overwrite=True, max_concurrency=2)
-        previous = self._current(header.export_id)
+        previous = self.current_name(header.export_id)
         self._pointer(header.export_id).upload_blob(json.dumps({"blob": name, "count": count}), overwrite=True)
         if previous and previous != name:
             try:

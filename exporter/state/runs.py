@@ -81,6 +81,13 @@ class RunRepository:
         found = self._entity(run_id)
         return self._with_tally(_deserialize(found)) if found is not None else None
 
+    def require(self, run_id: str) -> Run:
+        """The run, which must exist (KeyError otherwise: it was deleted meanwhile)."""
+        run = self.get(run_id)
+        if run is None:
+            raise KeyError(run_id)
+        return run
+
     def _entity(self, run_id: str, export_id: str | None = None):
         try:
             export_id = export_id or self.export_of(run_id)

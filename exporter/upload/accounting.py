@@ -27,7 +27,7 @@ def commit(svc: Services, batch: Batch, etag: str | None, mutate: Callable[[Tall
     return True
 
 
-def fail_accepted(svc: Services, batch: Batch, etag: str, reason: str, detail: str) -> None:
+def fail_accepted(svc: Services, batch: Batch, etag: str | None, reason: str, detail: str) -> None:
     """An accepted batch whose outcome cannot be learned: its contacts count as failed."""
     batch.fail_all(reason, detail)
 

@@ -64,7 +64,7 @@ def check_contacts(svc: Services, message: CheckBatch) -> None:
     _count_items(svc, batch, etag, info, items)
 
 
-def _after_failed_check(svc: Services, message: CheckBatch, batch: Batch, etag: str, polls: int,
+def _after_failed_check(svc: Services, message: CheckBatch, batch: Batch, etag: str | None, polls: int,
                         error: Exception) -> None:
     """The outcome could not be read this time: look again later, or count the batch as unknown."""
     outcome = classify(error)
@@ -78,7 +78,8 @@ def _after_failed_check(svc: Services, message: CheckBatch, batch: Batch, etag: 
         fail_accepted(svc, batch, etag, REASON_OUTCOME_UNKNOWN, str(error))
 
 
-def _count_items(svc: Services, batch: Batch, etag: str, info: BatchInfo, items: list[BatchItemResult]) -> None:
+def _count_items(svc: Services, batch: Batch, etag: str | None, info: BatchInfo,
+                 items: list[BatchItemResult]) -> None:
     sent = batch.payload if isinstance(batch.payload, SendBatch) else None
     index = {sent.email(i).casefold(): i for i in range(sent.size)} if sent else {}
     outcome: dict[int, tuple[str, str] | None] = {}  # contact index -> None (stored) or (reason, detail)
@@ -87,8 +88,11 @@ def _count_items(svc: Services, batch: Batch, etag: str, info: BatchInfo, items:
         if i is not None:
             outcome[i] = None if item.ok else _item_reason(item)
     missing = (REASON_STOPPED if info.status == "stopped" else REASON_NOT_REPORTED, f"Omnisend batch {info.status}")
-    batch.failures = [Failure(i, *outcome.get(i, missing)) for i in range(batch.size)
-                      if outcome.get(i, missing) is not None]
+    batch.failures = []
+    for i in range(batch.size):
+        failed = outcome.get(i, missing)  # no item for the contact: Omnisend never reported it
+        if failed is not None:
+            batch.failures.append(Failure(i, *failed))
     batch.status = BatchStatus.FINISHED
     batch.failed = len(batch.failures)
     batch.confirmed = batch.size - batch.failed
