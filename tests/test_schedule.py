@@ -68,3 +68,65 @@ def test_timer_skips_disabled_exports(services, workers, sandbox, segment_contai
     export = create_export(conn["id"], segment_container.container_name, "ci", "Loyal", enabled=False)
     tick(TimerRequest(past_due=False))
     assert runs_of(export["id"]) == [] and sandbox.contacts(TEST_BRAND) == []
+
+
+def test_one_run_per_export_whatever_triggers_it_at_once(services, workers, sandbox, segment_container):
+    """Found as a user would: 20 simultaneous POST /runs answered 202 two to five times, and each run
+    sent the whole segment (the lock was taken before its run existed, and a lock whose run was not
+    written yet counted as free). 20 triggers and a timer tick at once: one run."""
+    import threading
+
+    import requests
+
+    from tests.apphelpers import ADMIN
+
+    refresh(segment_container, minutes_ago=30, rows=300)
+    conn = create_connection(TEST_API_KEY)
+    export = create_export(conn["id"], segment_container.container_name, "ci", "Loyal")
+    start = threading.Barrier(21)
+    answers: list[tuple[int, dict]] = []
+
+    def trigger():  # over HTTP, as callers do: the local runner serves each request in a thread of its own
+        start.wait()
+        res = requests.post(f"{workers.url}/exports/{export['id']}/runs", headers=ADMIN, timeout=30)
+        answers.append((res.status_code, res.json()))
+
+    def timer():
+        start.wait()
+        tick(TimerRequest(past_due=False))
+
+    threads = [threading.Thread(target=trigger) for _ in range(20)] + [threading.Thread(target=timer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    runs = runs_of(export["id"])
+    assert len(runs) == 1, [(r["runId"], r["trigger"]) for r in runs]
+    (run,) = runs
+    accepted = [body for status, body in answers if status == 202]
+    assert len(accepted) == (1 if run["trigger"] == "manual" else 0)
+    refused = [body for status, body in answers if status != 202]
+    assert all(status == 409 for status, _ in answers if status != 202)
+    assert all(body["activeRunId"] == run["runId"] for body in refused)
+    done = wait_for_run(run["runId"])
+    assert done["counts"]["confirmed"] == done["counts"]["queued"]
+    assert len(sandbox.contacts(TEST_BRAND)) == done["counts"]["confirmed"]  # each contact once
+    assert sandbox.stats(TEST_BRAND)["batchesCreated"] == done["counts"]["batches"]
+
+
+def test_a_lock_whose_run_is_not_written_yet_is_held(services, sandbox, segment_container):
+    """The race above, step by step: one trigger has taken the export's lock and not yet written its
+    run when a second trigger looks. The second must see the lock as held, not take it over."""
+    from exporter.lifecycle.start import RunConflictError, new_run_id, start_run
+
+    refresh(segment_container, minutes_ago=30)
+    conn = create_connection(TEST_API_KEY)
+    export = services.exports.get(create_export(conn["id"], segment_container.container_name, "ci", "Loyal")["id"])
+    first = new_run_id()
+    assert services.locks.claim(export.id, first, lambda run_id: services.runs.get(run_id) is not None) is None
+    try:  # the first trigger's run is not written yet
+        start_run(services, export, "manual")
+        raise AssertionError("a second run started while the first trigger was writing its own")
+    except RunConflictError as e:
+        assert e.active_run_id == first and e.active is None
+    assert runs_of(export.id) == []

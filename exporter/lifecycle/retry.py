@@ -6,7 +6,7 @@ from ..domain import BatchStatus, Run, RunStatus, TagPlanning, Tally
 from ..logs import get_logger
 from ..messages import SendBatch
 from ..services import Services
-from .start import is_active
+from .start import holds_export
 
 log = get_logger(__name__)
 
@@ -56,7 +56,8 @@ def retry_failed_batches(svc: Services, run_id: str) -> tuple[Run, int]:
     candidates = [b.number for b in svc.batches.list(run_id) if b.status in (BatchStatus.FAILED, BatchStatus.QUEUED)]
     if not candidates:
         return run, 0
-    holder = svc.locks.claim(run.export_id, run.id, lambda other: other != run.id and is_active(svc, other))
+    holder = svc.locks.claim(run.export_id, run.id,
+                             lambda other: False if other == run.id else holds_export(svc, other), now=svc.clock)
     if holder is not None:
         raise RetryError(f"Export {run.export_id} has run {holder} in progress; retry after it ends.")
     payloads = [p for p in (_uncount(svc, run_id, n) for n in candidates) if p is not None]

@@ -29,9 +29,10 @@ def new_run_id() -> str:
     return f"{inverted:013d}{uuid.uuid4().hex[:8]}"
 
 
-def is_active(svc: Services, run_id: str) -> bool:
-    run = svc.runs.get(run_id)
-    return run is not None and run.status.is_active
+def holds_export(svc: Services, run_id: str) -> bool | None:
+    """Whether the run a lock names still holds its export; None when there is no such run (yet)."""
+    status = svc.runs.status(run_id)
+    return None if status is None else status.is_active
 
 
 def active_run(svc: Services, export_id: str) -> Run | None:
@@ -65,7 +66,7 @@ def start_run(svc: Services, export: Export, trigger: str, refresh: Refresh | No
         refresh_fingerprint=refresh.fingerprint if refresh else None,
         full=full,
     )
-    holder = svc.locks.claim(export.id, run.id, lambda run_id: is_active(svc, run_id))
+    holder = svc.locks.claim(export.id, run.id, lambda run_id: holds_export(svc, run_id), now=svc.clock)
     if holder is not None:
         raise RunConflictError(svc.runs.get(holder), export.id, holder)
     svc.runs.create(run)

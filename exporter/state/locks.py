@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from azure.core import MatchConditions
@@ -11,17 +12,24 @@ from azure.data.tables import TableClient, UpdateMode
 from .errors import ConcurrencyError
 
 PARTITION = "~active"  # in the runs table: per export, the run that holds it
+# A lock whose run does not exist counts as held this long after it was taken: its claimant writes the
+# run right after the lock (two steps, in two partitions: no transaction can hold both). Taking such a
+# lock over started a second run (20 triggers at once got two to five); a claimant that died between
+# the two steps holds the export for this long at most.
+GRACE = timedelta(seconds=60)
 
 
 class RunLocks:
     def __init__(self, table: TableClient):
         self._table = table
 
-    def claim(self, export_id: str, run_id: str, is_active: Callable[[str], bool]) -> str | None:
+    def claim(self, export_id: str, run_id: str, holds: Callable[[str], bool | None],
+              now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> str | None:
         """Make ``run_id`` the export's one active run. Returns the id of the run holding it instead.
 
-        The lock names a run; a lock whose run has ended (or vanished) is taken over, so a crash
-        never leaves an export locked.
+        ``holds(run_id)`` says whether the run named by the lock still holds it: True, False (it
+        ended), or None (no such run). A lock whose run ended is taken over, and so is one whose run
+        never appeared within GRACE, so a crash never leaves an export locked.
         """
         entity = {"PartitionKey": PARTITION, "RowKey": export_id, "RunId": run_id}
         for _ in range(10):
@@ -34,8 +42,13 @@ class RunLocks:
                 held = self._table.get_entity(PARTITION, export_id)
             except ResourceNotFoundError:
                 continue
-            if is_active(held["RunId"]):
-                return held["RunId"]
+            holder = held["RunId"]
+            verdict = holds(holder)
+            if verdict is None:  # not written yet, or its claimant died before writing it
+                taken = held.metadata.get("timestamp")
+                verdict = taken is not None and now() - taken < GRACE
+            if verdict:
+                return holder
             try:
                 self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=held.metadata["etag"],
                                           match_condition=MatchConditions.IfNotModified)
