@@ -24,9 +24,22 @@ def _container_name(value: str) -> str | None:
 
 
 def _segment_name(value: str) -> str | None:
-    if "/" in value:
-        return "must be the segment's name (its folder under the root folder), without '/'"
+    if "/" in value or "\\" in value:
+        return "must be the segment's name (its folder under the root folder), without '/' or '\\'"
+    if value.strip() in (".", ".."):
+        return "must be the segment's name, not '.' or '..'"
     return length(1, 256)(value)
+
+
+def _folder_path(value: str) -> str | None:
+    """A folder inside the container: it may never point out of it (with identity-based access the
+    app can read other containers of the account)."""
+    if value.startswith("/") or "\\" in value:
+        return "must be a folder inside the container: no leading '/' and no '\\'"
+    parts = value.removesuffix("/").split("/") if value else []
+    if any(part in ("", ".", "..") for part in parts):
+        return "must be a folder inside the container: no '.', '..' or empty parts (as in 'a//b')"
+    return length(0, 512)(value)
 
 
 def _values(values: list) -> str | None:
@@ -37,7 +50,7 @@ def _values(values: list) -> str | None:
 
 SOURCE_FIELDS = (  # an export's source; also the query of /api/segments/columns
     Field("container", str, required=True, check=_container_name),
-    Field("folder", str, check=length(0, 512)),
+    Field("folder", str, check=_folder_path),
     Field("segment", str, required=True, check=_segment_name),
 )
 
