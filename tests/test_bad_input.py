@@ -205,6 +205,29 @@ def test_report_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text(se
     assert all(r["email"][0] == "'" for r in rejected)
 
 
+def test_a_short_row_of_bytes_that_are_not_utf8_rejects_only_that_row(services, workers, sandbox, conn,
+                                                                      segment_container):
+    """Found as a user would: a short row holding a Latin-1 email failed the whole run ("Planning failed
+    unexpectedly (UnicodeEncodeError)", read 0): its report line could not be written as UTF-8."""
+    model_json(segment_container)
+    data = rows(*people(1, 4)).encode() + b'"5","anna\xe95@example.com","DE"\r\n' + rows(*people(6, 4)).encode()
+    put(segment_container, part(), data)
+    run = run_export(export_of(conn, segment_container))
+    c = run["counts"]
+    assert run["status"] == "partiallySucceeded" and c["read"] == 9 and c["confirmed"] == 8
+    assert c["rejectedByReason"] == {"not valid UTF-8": 1}
+    adds_up(run)
+    (bad,) = [r for r in report_rows(run["runId"]) if r["stage"] == "planning"]
+    assert (bad["row"], bad["reason"]) == ("5", "not valid UTF-8")
+
+
+def test_undecodable_bytes_in_a_report_cell_are_shown_escaped():
+    from exporter.state.reports import safe_cell
+
+    assert safe_cell("anna\udce9@example.com") == "anna\\xe9@example.com"  # the byte 0xE9, as text
+    assert safe_cell("=cmd\udcff") == "'=cmd\\xff"
+
+
 def test_a_header_row_that_is_not_utf8_is_refused_when_saved(services, sandbox, conn, segment_container):
     put(segment_container, part(), b"CustomerId,F\xfcrstName,PrimaryEmail,Country\r\n1,A,a@example.com,LT\r\n")
     text = problem_of(*save_export(conn, segment_container), 400)

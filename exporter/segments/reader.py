@@ -140,6 +140,8 @@ def _partition_rows(container: ContainerClient, partition: str, schema: SegmentS
                         leading_bad, leading_width = number, len(fields)
                         if leading_bad >= SCHEMA_MISMATCH_ROWS:
                             raise _width_mismatch(partition, leading_width, schema)
+                    if checked.dirty and undecodable("\x00".join(fields)):  # a short row of bad bytes
+                        error = bad_encoding
                 elif checked.dirty and undecodable("\x00".join(fields)):
                     error = bad_encoding
                 else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Iterator
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -22,10 +23,21 @@ APPEND_BLOCK_BYTES = 4 << 20  # an append block holds at most 4 MiB
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(match: re.Match) -> str:
+    """A byte the segment's encoding could not decode (held as a lone surrogate), shown as ``\\xNN``."""
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
 def safe_cell(value: object) -> object:
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
+    if not isinstance(value, str):
+        return value
+    if _SURROGATE.search(value):  # not text: it cannot be written as UTF-8, so its bytes are shown
+        value = _SURROGATE.sub(_escaped, value)
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
 def _row(*cells: object) -> list[object]:
