@@ -460,3 +460,33 @@ def test_header_is_refused_unless_the_platform_says_auth_is_on(modes, installed,
 def test_dev_mode_is_refused_on_an_app_running_in_azure():
     with pytest.raises(ConfigurationError, match="EXPORTER_DEV_MODE"):
         load_settings({"EXPORTER_DEV_MODE": "1", "WEBSITE_SITE_NAME": "exporter-prod"})
+
+
+def test_contributors_see_only_the_runs_of_connections_they_may_use(installed, source, fresh_world):
+    """Found as a user would: the run list checked the export's current connection, while GET /runs/{id}
+    checks the run's own, and /health listed every stuck run. An export moved from an admins-only
+    connection to an open one keeps runs made with the admins-only one."""
+    svc = installed("platform")
+    world = fresh_world
+    closed, opened = world["closed"], world["open"]
+    admin = as_user("alice@contoso", ROLE_ADMIN)
+    status, _, _ = call("export", "PUT", "exports/x", export_body(opened, source), headers=admin,
+                        route_params={"id": closed.busy_export.id})  # its busy run was made with 'closed'
+    assert status == 200
+    status, body, _ = call("export_runs", "GET", "", headers=CONTRIBUTOR, route_params={"id": closed.busy_export.id})
+    assert status == 200 and body["runs"] == []
+    status, body, _ = call("export_runs", "GET", "", headers=admin, route_params={"id": closed.busy_export.id})
+    assert [r["runId"] for r in body["runs"]] == [closed.busy_run.id]
+
+    for side in (closed, opened):  # the world's runs were written without their exports' locks
+        assert svc.locks.claim(side.busy_export.id, side.busy_run.id, lambda run_id: False) is None
+    later = utcnow() + timedelta(hours=2)  # every run in progress looks stuck by then
+    svc.clock = lambda: later
+    try:
+        as_admin = {r["runId"] for r in call("health", "GET", "health", headers=admin)[1]["stuckRuns"]}
+        as_contributor = call("health", "GET", "health", headers=CONTRIBUTOR)[1]
+    finally:
+        svc.clock = utcnow
+    assert as_admin == {closed.busy_run.id, opened.busy_run.id}
+    assert {r["runId"] for r in as_contributor["stuckRuns"]} == {opened.busy_run.id}
+    assert all(closed.busy_run.id not in p for p in as_contributor["problems"])

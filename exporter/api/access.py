@@ -45,6 +45,10 @@ class Caller:
     def may_use(self, connection: Connection) -> bool:
         return self.is_admin or (self.is_contributor and connection.allow_contributors)
 
+    def may_see_work_of(self, connection: Connection | None) -> bool:
+        """A run is seen by who may use the connection it was made with (an Admin, once it is removed)."""
+        return self.is_admin or (connection is not None and self.may_use(connection))
+
 
 def encode_principal(name: str, roles: list[str]) -> str:
     """Build an X-MS-CLIENT-PRINCIPAL value, as the platform does (used by the CLI and tests)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from .. import segments
-from ..domain import Run, Trigger
+from ..domain import Connection, Run, Trigger
 from ..lifecycle.cancel import AlreadyEndedError
 from ..lifecycle.cancel import cancel_run as cancel
 from ..lifecycle.retry import RetryError, retry_failed_batches
@@ -64,9 +64,23 @@ def get_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
 
 
 def list_export_runs(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    """The export's runs the caller may see: as GET /runs/{id}, by the connection each run was made
+    with (an export moved to another connection keeps runs of the one before)."""
     export = get_export_for(svc, caller, req.route_params["id"], "see runs of")
     now = svc.clock()
-    return ApiResponse(200, {"runs": [_run_body(req, r, now) for r in svc.runs.list(export.id)]})
+    seen = visible_runs(svc, caller, svc.runs.list(export.id))
+    return ApiResponse(200, {"runs": [_run_body(req, r, now) for r in seen]})
+
+
+def visible_runs(svc: Services, caller: Caller, runs: Iterable[Run]) -> list[Run]:
+    connections: dict[str, Connection | None] = {}
+    out = []
+    for run in runs:
+        if run.connection_id not in connections:
+            connections[run.connection_id] = svc.connections.get(run.connection_id)
+        if caller.may_see_work_of(connections[run.connection_id]):
+            out.append(run)
+    return out
 
 
 def get_run_rejects(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:

@@ -10,6 +10,7 @@ from ..lifecycle.stuck import stuck_reason
 from ..services import Services
 from .access import Caller, require_member
 from .http import ApiRequest, ApiResponse
+from .runs import visible_runs
 
 # A timer that has not run for this long is reported (the default schedule fires every 15 minutes).
 TIMER_LATE_AFTER = timedelta(minutes=45)
@@ -26,10 +27,9 @@ def health(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
         problems.append("The schedule has not run " + ("yet" if last_tick is None else f"since {iso(last_tick)}")
                         + ": scheduled exports are not starting. Check that the function app is running.")
     stuck = []
-    for export_id, run_id in svc.locks.held():
-        run = svc.runs.get(run_id)
-        if run is None or run.status.is_final:
-            continue
+    active = [r for r in (svc.runs.get(run_id) for _, run_id in svc.locks.held()) if r is not None and r.status.is_active]
+    for run in visible_runs(svc, caller, active):  # a contributor sees runs of the connections they may use
+        export_id = run.export_id
         reason = stuck_reason(run, now)
         if reason:
             stuck.append({"runId": run.id, "exportId": export_id, "status": run.status.value, "stuck": reason})
