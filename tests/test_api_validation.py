@@ -203,31 +203,29 @@ def test_text_that_is_not_storable_is_400_not_500(text, conn, container):
     assert_bad_request(status, body, res, {"mapping.firstName": "invalid"})
 
 
+def create_with_source(conn, segments_container, **source) -> tuple:
+    """POST /exports with the source's fields changed; (status, body, response)."""
+    payload = export_body(conn, segments_container)
+    payload["source"].update(source)
+    return call("exports", "POST", "exports", payload)
+
+
 @pytest.mark.parametrize("name", ["UPPER", "under_score", "ab", "-lead", "trail-", "dou--ble", "x" * 64, "a b c",
                                   "naïve", "a/b"])
 def test_a_container_name_azure_cannot_have_is_400(name, conn, container):
-    payload = export_body(conn, container)
-    payload["source"]["container"] = name
-    status, body, res = call("exports", "POST", "exports", payload)
-    assert_bad_request(status, body, res, {"source.container": "invalid"})
+    assert_bad_request(*create_with_source(conn, container, container=name), {"source.container": "invalid"})
 
 
 @pytest.mark.parametrize("segment", ["a/b", "/", " ", "..", ".", "a\\b"])
 def test_a_segment_name_with_a_slash_or_blank_is_400(segment, conn, container):
-    payload = export_body(conn, container)
-    payload["source"]["segment"] = segment
-    status, body, res = call("exports", "POST", "exports", payload)
-    assert_bad_request(status, body, res, {"source.segment": "invalid"})
+    assert_bad_request(*create_with_source(conn, container, segment=segment), {"source.segment": "invalid"})
 
 
 @pytest.mark.parametrize("folder", ["../other/x", "..", "a/../b", "./ci", "a//b", "/ci", "ci\\sub", "a/./b"])
 def test_a_folder_that_could_leave_its_container_is_400(folder, conn, container):
     """Found as an attacker would: '../other/x' was accepted, and with identity-based access read the
     column names of another container."""
-    payload = export_body(conn, container)
-    payload["source"]["folder"] = folder
-    status, body, res = call("exports", "POST", "exports", payload)
-    assert_bad_request(status, body, res, {"source.folder": "invalid"})
+    assert_bad_request(*create_with_source(conn, container, folder=folder), {"source.folder": "invalid"})
     status, body, res = call("segment_columns", "GET", "segments/columns",
                              params={"container": container, "folder": folder, "segment": "VIP"})
     assert_bad_request(status, body, res, {"folder": "invalid"})
@@ -235,9 +233,7 @@ def test_a_folder_that_could_leave_its_container_is_400(folder, conn, container)
 
 @pytest.mark.parametrize("folder", ["", "ci", "ci/", "a/b/c", "sub.folder", "a..b"])
 def test_folders_inside_the_container_are_accepted(folder, conn, container):
-    payload = export_body(conn, container)
-    payload["source"]["folder"] = folder
-    status, body, _ = call("exports", "POST", "exports", payload)
+    status, body, _ = create_with_source(conn, container, folder=folder)
     assert status in (201, 400), body  # 400 only for a segment that is not there, never for the folder
     assert all(e["field"] != "source.folder" for e in (body.get("errors") or [])), body
 
