@@ -72,3 +72,49 @@ def test_http_is_served_over_a_real_socket(workers):
     assert requests.get(f"{workers.url}/nowhere", headers=ADMIN, timeout=10).status_code == 404
     res = requests.post(f"{workers.url}/connections", data=b"{not json", headers=ADMIN, timeout=10)
     assert res.status_code == 400 and res.headers["Content-Type"].startswith("application/problem+json")
+
+
+def _raw(url: str, head: str, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+    """Send a request head as bytes (no body follows) and read the answer: (status, headers, body)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    with socket.create_connection((where.hostname, where.port), timeout=timeout) as sock:
+        sock.sendall(head.encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        top, _, rest = data.partition(b"\r\n\r\n")
+        lines = top.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        while len(rest) < int(headers.get("content-length", 0)):
+            rest += sock.recv(65536)
+    return int(lines[0].split()[1]), headers, rest
+
+
+@pytest.mark.parametrize("length, status", [("-5", 400), ("abc", 400), ("1000000", 413)])
+def test_a_request_body_is_capped_and_a_bad_length_is_refused_before_reading(workers, length, status):
+    """Found on a developer's network: a negative Content-Length made the runner read until the client
+    gave up, and any length was read whole. Now: 400 or 413 at once, the body never read."""
+    head = f"POST /api/connections HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
+    got, headers, body = _raw(workers.url, head)
+    assert got == status and headers["connection"] == "close"
+    got, _, _ = _raw(workers.url, "POST /api/connections HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert got == 411
+
+
+def test_urls_the_runner_hands_out_name_itself_not_the_callers_host_header(workers, sandbox):
+    from tests.conftest import TEST_API_KEY
+
+    body = json.dumps({"displayName": "Host test", "apiKey": TEST_API_KEY, "dataPrivacyConsent": True})
+    res = requests.post(f"{workers.url}/connections", data=body, timeout=10,
+                        headers={**ADMIN, "Host": "evil.example", "Content-Type": "application/json"})
+    assert res.status_code == 201 and res.headers["Location"].startswith(workers.url + "/connections/")
+
+
+def test_serve_refuses_an_address_other_than_loopback_unless_asked(capsys):
+    from exporter.devhost.cli import main
+
+    assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert "--allow-remote" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Command line: run the app locally (``serve``) and manage it through its own HTTP API.
 
-    python -m exporter serve [--host 127.0.0.1] [--port 7071] [--workers 8] [--no-timer]
+    python -m exporter serve [--host 127.0.0.1] [--port 7071] [--workers 8] [--no-timer] [--allow-remote]
     python -m exporter connections add --name NAME --consent [--allow-contributors] [--max-profiles N]
                                        (the API key is read from OMNISEND_API_KEY or asked for)
     python -m exporter connections list | remove ID
@@ -123,7 +123,18 @@ def print_counts(run: dict, out=sys.stdout) -> None:
 # --- commands -----------------------------------------------------------------------------------
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def cmd_serve(args) -> int:
+    if args.host not in LOOPBACK and not args.allow_remote:
+        print(f"Refusing to serve on {args.host}: the development mode trusts the identity header of every "
+              "request, so anyone who can reach this address acts as an Admin. Serve on 127.0.0.1, or pass "
+              "--allow-remote to accept that.", file=sys.stderr)
+        return 2
+    if args.host not in LOOPBACK:
+        print(f"WARNING: serving on {args.host} in development mode: caller identities are not checked.",
+              file=sys.stderr)
     from ..config import load_settings
     from ..logs import configure_logging
     from ..services import build_services, set_services
@@ -274,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=7071)
     s.add_argument("--workers", type=int, default=8, help="upload workers (default 8)")
     s.add_argument("--no-timer", action="store_true", help="do not fire the schedule")
+    s.add_argument("--allow-remote", action="store_true",
+                   help="serve on an address other than loopback (identities are not checked: anyone is an Admin)")
     s.set_defaults(fn=cmd_serve)
 
     _resource_command(sub, "connections", "manage Omnisend connections", cmd_connections, _connection_add_options,

@@ -25,6 +25,7 @@ from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 
 from .. import config
+from ..api.validation import MAX_BODY_BYTES
 from ..config import QueueRules
 from ..logs import get_logger
 from ..state.clients import StorageClients
@@ -106,13 +107,37 @@ def load_app() -> func.FunctionApp:
 # --- HTTP ---------------------------------------------------------------------------------------
 
 
+def _body_length(value: str | None) -> int | None:
+    """The request's Content-Length (0 when absent); None when it is not a whole number of bytes."""
+    if value is None or value.strip() == "":
+        return 0
+    text = value.strip()
+    return int(text) if text.isdigit() else None
+
+
 def make_http_server(index: FunctionIndex, host: str, port: int) -> ThreadingHTTPServer:
+    def base() -> str:
+        """This server's own address: request URLs (and the redirects and statusUrls made from them)
+        never take the Host header a caller sent."""
+        return f"http://{host}:{server.server_address[1]}"
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
+        def _refuse(self, status: int, title: str, detail: str) -> None:
+            self.close_connection = True  # the body, if any, is left unread
+            body = json.dumps({"title": title, "status": status, "detail": detail}).encode()
+            self._send(status, body, {"Content-Type": "application/problem+json"})
+
         def _handle(self) -> None:
             parts = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
+            if self.headers.get("Transfer-Encoding"):  # its chunks would be read as the next request
+                return self._refuse(411, "Length required", "Send the body with a Content-Length.")
+            length = _body_length(self.headers.get("Content-Length"))
+            if length is None:
+                return self._refuse(400, "Bad request", "Content-Length must be a whole number of bytes.")
+            if length > MAX_BODY_BYTES:  # refused before it is read, as the API's own limit
+                return self._refuse(413, "Request body too large", f"At most {MAX_BODY_BYTES} bytes are accepted.")
             body = self.rfile.read(length) if length else b""
             if not parts.path.startswith("/api/"):
                 return self._send(404, b'{"title":"Not found"}', {"Content-Type": "application/json"})
@@ -123,7 +148,7 @@ def make_http_server(index: FunctionIndex, host: str, port: int) -> ThreadingHTT
                                                       "status": status}).encode(), {"Content-Type": "application/problem+json"})
             req = func.HttpRequest(
                 method=self.command,
-                url=f"http://{self.headers.get('Host', f'{host}:{port}')}{self.path}",
+                url=f"{base()}{self.path}",
                 headers=dict(self.headers.items()),
                 params=dict(parse_qsl(parts.query)),
                 route_params=params,
@@ -140,6 +165,8 @@ def make_http_server(index: FunctionIndex, host: str, port: int) -> ThreadingHTT
                 if k.lower() not in ("content-length", "connection"):
                     self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
 
