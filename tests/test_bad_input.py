@@ -66,8 +66,11 @@ def conn(services, sandbox) -> str:
     return create_connection(TEST_API_KEY)["id"]
 
 
-def export_of(conn: str, container, mapping=None) -> dict:
-    return create_export(conn, container.container_name, FOLDER, SEG, mapping=mapping or MAPPING)
+def export_of(conn: str, container, mapping=None, **extra) -> dict:
+    """An export of the test segment. These tests are about single rows, often most of a small refresh:
+    the rejected-share threshold is off (it is tested in test_safety.py)."""
+    extra.setdefault("maxRejectedPercent", 100)
+    return create_export(conn, container.container_name, FOLDER, SEG, mapping=mapping or MAPPING, **extra)
 
 
 def save_export(conn: str, container, mapping=None):
@@ -316,8 +319,8 @@ def test_an_empty_file_is_an_empty_segment(services, workers, sandbox, conn, seg
     nothing_sent(sandbox)
 
 
-def test_an_empty_refresh_after_members_untags_them_and_says_so(services, workers, sandbox, conn,
-                                                                segment_container):
+def test_an_empty_refresh_after_members_untags_them_once_confirmed_and_says_so(services, workers, sandbox, conn,
+                                                                               segment_container):
     model_json(segment_container)
     earlier = (datetime.now(timezone.utc) - timedelta(minutes=15)).strftime("%Y/%m/%d/%H%M")
     put(segment_container, part(time=earlier), rows(*people(1, 5)))
@@ -326,7 +329,11 @@ def test_an_empty_refresh_after_members_untags_them_and_says_so(services, worker
     assert first["status"] == "succeeded" and first["counts"]["confirmed"] == 5 and first["error"] is None
     assert all(SEG in contact["tags"] for contact in stored(sandbox).values())
     put(segment_container, part(), b"")  # the next refresh: nobody is in the segment any more
-    run = run_export(export)
+    stopped = run_export(export)  # every member leaving is over the default removal threshold (test_safety.py)
+    assert stopped["status"] == "failed" and "5 of the 5 members (100%) would leave" in stopped["error"]
+    status, body, _ = call("export_runs", "POST", "", route_params={"id": export["id"]}, params={"confirm": "true"})
+    assert status == 202, body
+    run = wait_for_run(body["runId"], timeout=60)
     c = run["counts"]
     assert run["status"] == "succeeded" and c["read"] == 0 and c["left"] == c["untagged"] == 5
     assert "has no rows" in run["error"] and "the 5 members of the last confirmed run lose the tag" in run["error"]

@@ -6,11 +6,12 @@ import re
 
 from .. import segments
 from ..domain import MAPPABLE_FIELDS, TAG_PATTERN, Connection, Consent, Export, Mapping, Source, new_id
+from ..domain.exports import DEFAULT_MAX_REJECTED_PERCENT, DEFAULT_MAX_REMOVAL_PERCENT
 from ..lifecycle.history import busy_run, delete_history
 from ..services import Services
 from .access import Caller, require_member, require_use, require_use_of
 from .http import ApiRequest, ApiResponse, Conflict, NotFound, known_id
-from .validation import BadRequest, Field, length, validate
+from .validation import BadRequest, Field, between, length, validate
 
 _column = length(1, 256)
 _CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
@@ -71,6 +72,8 @@ EXPORT_SPEC = (
         Field("changedAtColumn", str, check=_column),
     )),
     Field("sendWelcomeMessage", bool),
+    Field("maxRemovalPercent", int, check=between(0, 100)),
+    Field("maxRejectedPercent", int, check=between(0, 100)),
 )
 
 
@@ -149,6 +152,8 @@ def _export_from(data: dict, export_id: str, created_at, now) -> Export:
         tag=data.get("tag"),
         consent=Consent.from_api(data.get("consent")),
         send_welcome_message=data.get("sendWelcomeMessage", False),
+        max_removal_percent=data.get("maxRemovalPercent", DEFAULT_MAX_REMOVAL_PERCENT),
+        max_rejected_percent=data.get("maxRejectedPercent", DEFAULT_MAX_REJECTED_PERCENT),
     )
 
 

@@ -40,9 +40,9 @@ def start_export_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiRespo
         raise Conflict("Refresh still being written", str(e)) from None
     except segments.SegmentSourceError as e:
         raise Conflict("Segment unreadable", str(e)) from None
-    full = flag(req, "full")
     try:
-        run = start_run(svc, export, Trigger.MANUAL.value, refresh, full=full)
+        run = start_run(svc, export, Trigger.MANUAL.value, refresh, full=flag(req, "full"),
+                        confirm=flag(req, "confirm"))
     except RunConflictError as e:
         raise Conflict("Run in progress", str(e), {"activeRunId": e.active_run_id}) from None
     body = _run_body(req, run)

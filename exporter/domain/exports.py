@@ -104,6 +104,10 @@ class Consent:
         )
 
 
+DEFAULT_MAX_REMOVAL_PERCENT = 50
+DEFAULT_MAX_REJECTED_PERCENT = 50
+
+
 @dataclass
 class Export:
     id: str
@@ -118,6 +122,9 @@ class Export:
     tag: str | None = None  # segment membership tag in Omnisend; None: derived from the segment name
     consent: Consent | None = None
     send_welcome_message: bool = False
+    # membership safety thresholds (percent; 100 turns one off): a run over either stops before it sends
+    max_removal_percent: int = DEFAULT_MAX_REMOVAL_PERCENT  # of the current members, leaving at once
+    max_rejected_percent: int = DEFAULT_MAX_REJECTED_PERCENT  # of the rows read, rejected
 
     @property
     def effective_tag(self) -> str:
@@ -140,6 +147,8 @@ class Export:
             "tag": self.effective_tag,
             "consent": self.consent.to_api() if self.consent else None,
             "sendWelcomeMessage": self.send_welcome_message,
+            "maxRemovalPercent": self.max_removal_percent,
+            "maxRejectedPercent": self.max_rejected_percent,
             "enabled": self.enabled,
             "disabledReason": self.disabled_reason,
             "createdAt": iso(self.created_at),

@@ -99,6 +99,7 @@ class Run:
     refresh_fingerprint: str | None = None
     counts_final: bool = False  # every batch is accounted for; counts no longer change
     full: bool = False  # send every member, not only what changed since the last confirmed state
+    confirm: bool = False  # started with ?confirm=true: the export's safety thresholds do not stop it
     progress_at: datetime | None = None  # last change of the run or of its tally (storage time)
 
     def to_api(self, status_url: str | None = None) -> dict:
@@ -108,6 +109,7 @@ class Run:
             "connectionId": self.connection_id,
             "trigger": self.trigger,
             "full": self.full,
+            "confirm": self.confirm,
             "status": self.status.value,
             "counts": self.counts.to_api(),
             "countsFinal": self.counts_final,  # every batch is accounted for: the counts no longer change

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ..domain import Run, RunStatus, TagPlanning, Tally
+from ..domain import Run, RunCounts, RunStatus, TagPlanning, Tally
 from ..logs import get_logger
 from ..services import Services
 from .member_state import write_state
@@ -24,24 +24,26 @@ def _finish(run: Run, status: RunStatus, now: datetime, error: str | None = None
         run.error = error
 
 
-def conclude(run: Run, now: datetime) -> None:
-    """The final status of a run whose every row is accounted for."""
-    c = run.counts
+def final_status(c: RunCounts) -> tuple[RunStatus, str | None]:
+    """How a run whose every row is accounted for ends, and the error that says why when it failed."""
     if c.read != c.accounted:
-        _finish(
-            run,
-            RunStatus.FAILED,
-            now,
+        return RunStatus.FAILED, (
             f"Counts do not add up: {c.read} rows read but {c.accounted} accounted for "
             f"({c.rejected} rejected, {c.duplicates} duplicates, {c.confirmed} confirmed, {c.failed} failed, "
-            f"{c.skipped} skipped). Do not trust this run; report it.",
-        )
-    elif c.failed == 0 and c.rejected == 0 and c.tag_failures == 0:
-        _finish(run, RunStatus.SUCCEEDED, now)
-    elif c.confirmed + c.skipped > 0:
-        _finish(run, RunStatus.PARTIALLY_SUCCEEDED, now)
-    else:
-        _finish(run, RunStatus.FAILED, now, run.error or "No contact of the segment reached Omnisend; see the report.")
+            f"{c.skipped} skipped). Do not trust this run; report it.")
+    if c.failed == 0 and c.rejected == 0 and c.tag_failures == 0:
+        return RunStatus.SUCCEEDED, None
+    if c.confirmed + c.skipped > 0:
+        return RunStatus.PARTIALLY_SUCCEEDED, None
+    return RunStatus.FAILED, "No contact of the segment reached Omnisend; see the report."
+
+
+def conclude(run: Run, now: datetime) -> None:
+    """The final status of a run whose every row is accounted for."""
+    status, error = final_status(run.counts)
+    if status is RunStatus.FAILED and run.error and run.counts.read == run.counts.accounted:
+        error = run.error  # the run's own account of why nothing arrived says more
+    _finish(run, status, now, error)
 
 
 def fail_run(svc: Services, run_id: str, error: str) -> Run:
@@ -94,7 +96,8 @@ def settle(svc: Services, run_id: str, tally: Tally) -> Run | None:
             return run
         if not tally.tags_complete:
             return run
-        write_state(svc, run)
+        if final_status(run.counts)[0] is not RunStatus.FAILED:  # a failed run leaves the membership state as it was
+            write_state(svc, run)
     elif tally.wave_tags_in_flight:
         return run  # an ended run's counts are final once the tag batches its waves planned are counted
     return _end(svc, run_id)

@@ -48,7 +48,8 @@ def last_succeeded_run(svc: Services, export_id: str) -> Run | None:
     return None
 
 
-def start_run(svc: Services, export: Export, trigger: str, refresh: Refresh | None = None, full: bool = False) -> Run:
+def start_run(svc: Services, export: Export, trigger: str, refresh: Refresh | None = None, full: bool = False,
+              confirm: bool = False) -> Run:
     """Record a queued run and hand it to the planner queue. Never plans inline (HTTP must answer fast).
 
     One run per export at a time: the export's lock names its run, and only an ended run's lock
@@ -65,6 +66,7 @@ def start_run(svc: Services, export: Export, trigger: str, refresh: Refresh | No
         refresh_folder=refresh.folder if refresh else None,
         refresh_fingerprint=refresh.fingerprint if refresh else None,
         full=full,
+        confirm=confirm,
     )
     holder = svc.locks.claim(export.id, run.id, lambda run_id: holds_export(svc, run_id), now=svc.clock)
     if holder is not None:

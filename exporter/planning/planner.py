@@ -21,6 +21,7 @@ from ..domain.reasons import (
     REASON_NOT_SENT_CONNECTION,
     REASON_NOT_SENT_OVER_LIMIT,
     REASON_NOT_SENT_RUN_ENDED,
+    REASON_NOT_SENT_THRESHOLD,
     REASON_NOT_SENT_UNREADABLE,
 )
 from ..lifecycle.plan_status import abandon, claim_for_planning, fail_before_reading, note_empty_refresh, record_plan
@@ -33,6 +34,7 @@ from .batching import BatchBuilder, spool_untags
 from .enqueue import EnqueueError, enqueue
 from .mapping import ContactMapper, ContactOptions, MappingError
 from .prepared_rows import RejectedRow, prepared_rows
+from .safety import threshold_stop
 from .spool import Spool, report_unsent
 
 log = get_logger(__name__)
@@ -194,8 +196,8 @@ def _batch_rows(svc: Services, src: _Source, counts: RunCounts, report: ReportWr
 
 
 def _reason_not_to_send(svc: Services, run: Run, src: _Source, counts: RunCounts, spool: Spool) -> Run | None:
-    """The last checks before anything leaves: the contract limit, a run ended meanwhile, a connection
-    removed meanwhile. Returns the run, ended with its contacts reported as not sent, or None: send."""
+    """The last checks before anything leaves: the contract limit, the safety thresholds, a run ended
+    meanwhile, a connection removed meanwhile. Returns the run, ended with its contacts reported as not sent, or None: send."""
     limit = src.connection.max_profiles_per_export
     valid = counts.queued + counts.skipped
     if limit is not None and valid > limit:
@@ -203,6 +205,10 @@ def _reason_not_to_send(svc: Services, run: Run, src: _Source, counts: RunCounts
                            f"the segment has {valid} valid profiles; the connection allows {limit}",
                            f"The segment has {valid} valid profiles, more than the {limit} allowed per export by "
                            f"connection {src.connection.display_name!r} (the Omnisend contract limit). Nothing was sent.")
+    stop = threshold_stop(src.export, run, counts, len(src.state) if src.state is not None else 0)
+    if stop is not None:
+        return _end_unsent(svc, run, src, counts, spool, REASON_NOT_SENT_THRESHOLD,
+                           "the run stopped at the export's safety threshold before sending", stop)
     current = svc.runs.get(run.id)
     if current is None or current.status.is_final:  # cancelled (or failed) while planning
         ended = current.status.value if current is not None else "deleted"

@@ -7,6 +7,7 @@ import json
 from azure.data.tables import TableClient
 
 from ..domain import Consent, Export, Mapping, Source
+from ..domain.exports import DEFAULT_MAX_REJECTED_PERCENT, DEFAULT_MAX_REMOVAL_PERCENT
 from .entities import PartitionRepository
 
 PARTITION = "export"
@@ -27,6 +28,8 @@ def _serialize(x: Export) -> dict:
         "Tag": x.tag or "",
         "Consent": json.dumps(x.consent.to_api()) if x.consent else "",
         "SendWelcomeMessage": x.send_welcome_message,
+        "MaxRemovalPercent": x.max_removal_percent,
+        "MaxRejectedPercent": x.max_rejected_percent,
         "CreatedAt": x.created_at,
         "UpdatedAt": x.updated_at,
     }
@@ -44,6 +47,8 @@ def _deserialize(e: dict) -> Export:
         tag=e.get("Tag") or None,
         consent=Consent.from_api(json.loads(e["Consent"])) if e.get("Consent") else None,
         send_welcome_message=bool(e.get("SendWelcomeMessage", False)),
+        max_removal_percent=int(e.get("MaxRemovalPercent", DEFAULT_MAX_REMOVAL_PERCENT)),
+        max_rejected_percent=int(e.get("MaxRejectedPercent", DEFAULT_MAX_REJECTED_PERCENT)),
         created_at=e["CreatedAt"],
         updated_at=e["UpdatedAt"],
     )

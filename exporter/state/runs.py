@@ -35,6 +35,7 @@ def _serialize(r: Run) -> dict:
         "RefreshFingerprint": r.refresh_fingerprint or "",
         "CountsFinal": r.counts_final,
         "Full": r.full,
+        "Confirm": r.confirm,
     }
 
 
@@ -54,6 +55,7 @@ def _deserialize(e) -> Run:
         refresh_fingerprint=e.get("RefreshFingerprint") or None,
         counts_final=bool(e.get("CountsFinal", False)),
         full=bool(e.get("Full", False)),
+        confirm=bool(e.get("Confirm", False)),
         progress_at=e.metadata.get("timestamp"),
     )
 

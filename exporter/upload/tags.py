@@ -1,4 +1,10 @@
-"""Add (``BatchKind.TAGS``) or remove (``UNTAGS``) the export's membership tag for up to 250 emails."""
+"""Add (``BatchKind.TAGS``) or remove (``UNTAGS``) the export's membership tag for up to 250 emails.
+
+Leavers lose the tag only once the run has shown it reaches Omnisend: an untag batch of a run that
+sends contacts waits for the first confirmed contact, and is given up when every contact batch was
+counted with none confirmed (that run fails; a failed run never empties a segment in Omnisend, and
+its leavers stay in the membership state, so the next run removes their tag).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ def send_tags(svc: Services, message: TagBatch) -> None:
     if connection is None:
         give_up_tags(svc, message, "not sent: the connection was removed")
         return
+    if kind is BatchKind.UNTAGS and not _may_untag(svc, message):
+        return
     try:
         client = svc.omnisend(connection)
         if kind is BatchKind.TAGS:
@@ -46,3 +54,17 @@ def send_tags(svc: Services, message: TagBatch) -> None:
             t.untagged += size
 
     commit(svc, batch, found[1] if found else None, done)
+
+
+def _may_untag(svc: Services, message: TagBatch) -> bool:
+    """Whether the leavers of ``message`` may lose the tag now; if not, the batch was put back or given up."""
+    tally = svc.tallies.get(message.run_id)
+    if tally.planned <= 0 or tally.confirmed > 0:
+        return True  # nothing to send but the removals, or the run reaches Omnisend
+    if not tally.complete:
+        # the first contacts are confirmed at their check, batch_check_delay_seconds after their send
+        svc.batch_queue.send(message, delay_seconds=max(1, svc.settings.batch_check_delay_seconds))
+        return False
+    give_up_tags(svc, message, "not removed: no contact of the run reached Omnisend, so no member lost the tag "
+                               "(the next run removes it)")
+    return False
