@@ -158,3 +158,24 @@ def test_the_report_says_which_changed_members_kept_their_tag():
     out = io.StringIO()
     print_counts({"runId": "r1", "status": "succeeded", "counts": {**counts, "alreadyTagged": 0}}, out)
     assert "kept their tag" not in out.getvalue()
+
+
+def test_safety_thresholds_and_confirm_from_the_command_line(services, workers, sandbox, segment):
+    url = workers.url
+    conn = json.loads(cli("connections", "add", "--url", url, "--name", "C", "--consent", key=TEST_API_KEY).stdout)
+    add = ("exports", "add", "--url", url, "--name", "Strict", "--connection", conn["id"], "--container", segment,
+           "--folder", "ci", "--segment", "CliSeg", "--map", "email=PrimaryEmail")
+    done = cli(*add, "--max-removal-percent", "101")
+    assert done.returncode == 1 and "maxRemovalPercent: must be 0 to 100" in done.stderr, done.stderr
+    done = cli(*add, "--max-removal-percent", "30", "--max-rejected-percent", "1")
+    assert done.returncode == 0, done.stderr
+    export = json.loads(done.stdout)
+    assert export["maxRemovalPercent"] == 30 and export["maxRejectedPercent"] == 1
+
+    done = cli("run", "--url", url, export["id"], "--wait", timeout=60)  # 3 of 150 rows (2%) are invalid
+    assert done.returncode == 1 and re.search(r": failed$", done.stdout, re.M), done.stdout + done.stderr
+    assert "3 of 150 rows (2%) were rejected" in done.stdout and "run --confirm" in done.stdout
+    assert sandbox.contacts(TEST_BRAND) == []
+    done = cli("run", "--url", url, export["id"], "--wait", "--confirm", timeout=90)
+    assert done.returncode == 0 and ": partiallySucceeded" in done.stdout, done.stdout + done.stderr
+    assert len(sandbox.contacts(TEST_BRAND)) == 147

@@ -421,3 +421,40 @@ def test_a_connection_is_added_and_removed_with_the_keyboard_alone(page, workers
     page.keyboard.press("Enter")
     page.get_by_text("No connections yet").wait_for()
     assert services.connections.list() == []
+
+
+def test_safety_thresholds_are_set_in_the_form_and_a_held_run_is_sent_with_run_anyway(page, workers, sandbox,
+                                                                                       segment, services):
+    conn = create_connection(TEST_API_KEY)
+    export = create_export(conn["id"], segment, "ci", "VIPCustomers", name="Guarded")
+    open_console(page, workers)
+    page.goto(f"{workers.url}/console#/exports/{export['id']}")
+    page.wait_for_selector("h1:has-text('Export: Guarded')")
+    removal = page.get_by_label("Most members that may leave in one run (%)")
+    rejected = page.get_by_label("Most rows that may be rejected in one run (%)")
+    assert removal.input_value() == "50" and rejected.input_value() == "50"
+    rejected.fill("101")
+    page.get_by_role("button", name="Save").click()
+    page.locator("#export-form [role=alert]").get_by_text("maxRejectedPercent: must be 0 to 100").wait_for()
+    assert rejected.get_attribute("aria-invalid") == "true"
+    rejected.fill("1")  # the segment's 12 invalid emails are 2% of its rows
+    removal.fill("30")
+    page.get_by_role("button", name="Save").click()
+    page.get_by_text('Export "Guarded" saved.', exact=False).wait_for()
+    saved = services.exports.get(export["id"])
+    assert (saved.max_removal_percent, saved.max_rejected_percent) == (30, 1)
+
+    page.get_by_role("button", name="Run now").click()
+    held = page.locator("#run-list tbody tr[data-status=failed]").first
+    held.wait_for()
+    page.locator("#run-list .run-error").get_by_text("more than the export's maxRejectedPercent (1%)",
+                                                     exact=False).wait_for()
+    assert sandbox.contacts(TEST_BRAND) == []
+    assert not unlabelled_controls(page)
+    held.get_by_role("button", name="Run anyway").click()
+    page.locator("#run-list tbody tr[data-run-id]").first.and_(
+        page.locator("tr[data-status=partiallySucceeded]")).wait_for(timeout=45_000)
+    runs = services.runs.list(export["id"])
+    assert [r.status.value for r in runs] == ["partiallySucceeded", "failed"] and runs[0].confirm
+    assert len(sandbox.contacts(TEST_BRAND)) == runs[0].counts.confirmed > 0
+    assert page.get_by_role("button", name="Run anyway").count() == 0  # only the newest run, when held

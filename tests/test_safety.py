@@ -71,7 +71,7 @@ def test_a_refresh_whose_rows_are_all_rejected_removes_no_tag_and_keeps_the_stat
     c = bad["counts"]
     assert bad["status"] == "failed" and c["read"] == c["rejected"] == 5 and c["untagged"] == 0
     assert bad["error"].startswith("All 5 rows of the refresh were rejected (5 invalid email)")
-    assert "no member lost the tag" in bad["error"]
+    assert "no member lost the tag" in bad["error"] and bad["heldByThreshold"] is False  # confirm would not help
     adds_up(bad)
     assert tag_removals(sandbox) == 0 and len(tagged(sandbox)) == 5
     assert sandbox.stats(TEST_BRAND)["batchesCreated"] == batches
@@ -87,7 +87,8 @@ def test_a_refresh_that_would_remove_most_members_stops_until_confirmed(services
     put(segment_container, part(time=minutes_ago(30)), rows(*people(1, 4)))  # 6 of 10 members left
     stopped = run(export)
     c = stopped["counts"]
-    assert stopped["status"] == "failed" and c["batches"] == 0 and c["untagged"] == 0 and c["skipped"] == 4
+    assert stopped["status"] == "failed" and stopped["heldByThreshold"] is True
+    assert c["batches"] == 0 and c["untagged"] == 0 and c["skipped"] == 4
     assert c["failedByReason"] == {}  # the 4 remaining members were unchanged: nothing was to be sent
     error = stopped["error"]
     assert "6 of the 10 members (60%) would leave the segment" in error and "maxRemovalPercent (50%)" in error

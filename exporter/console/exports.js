@@ -131,6 +131,10 @@ export async function exportView(main, exportId) {
   const changedAt = columnSelect("export-consent-changed-at", "consent.changedAtColumn", { optional: true });
   const welcome = h("input", { id: "export-welcome", type: "checkbox", "data-field": "sendWelcomeMessage" });
   const enabled = h("input", { id: "export-enabled", type: "checkbox", checked: true, "data-field": "enabled" });
+  const percent = (id, dataField) => h("input", { id, type: "number", min: "0", max: "100", step: "1", value: "50",
+    required: true, inputmode: "numeric", "data-field": dataField, class: "narrow" });
+  const maxRemoval = percent("export-max-removal", "maxRemovalPercent");
+  const maxRejected = percent("export-max-rejected", "maxRejectedPercent");
   const save = h("button", { type: "submit", id: "export-save", class: "primary" }, "Save");
   const runNow = h("button", { type: "button", id: "export-run", class: isNew ? null : "primary" }, "Run now");
   const runHint = h("p", { class: "hint", id: "export-run-hint", "aria-live": "polite" });
@@ -228,6 +232,9 @@ export async function exportView(main, exportId) {
       mapping,
       enabled: enabled.checked,
       sendWelcomeMessage: welcome.checked,
+      // what was typed, as a number when it is one: the API names anything else
+      maxRemovalPercent: maxRemoval.value.trim() === "" || isNaN(Number(maxRemoval.value)) ? maxRemoval.value : Number(maxRemoval.value),
+      maxRejectedPercent: maxRejected.value.trim() === "" || isNaN(Number(maxRejected.value)) ? maxRejected.value : Number(maxRejected.value),
     };
     if (tag.value.trim()) b.tag = tag.value.trim();
     if (consentOn.checked) {
@@ -264,6 +271,13 @@ export async function exportView(main, exportId) {
       consentBox,
       h("div", { class: "choice" }, welcome, h("label", { for: "export-welcome" }, "Send Omnisend's welcome message to contacts this export subscribes")),
       h("div", { class: "choice" }, enabled, h("label", { for: "export-enabled" }, "Enabled: run on the schedule, once for each new complete refresh"))),
+    h("fieldset", { id: "export-safety" },
+      h("legend", {}, "Safety thresholds"),
+      h("p", { class: "hint" }, "A refresh over either threshold stops before anything is sent, so a broken refresh " +
+        "cannot empty the segment in Omnisend; the run says why, and Run anyway sends it. 100 turns a threshold off."),
+      h("div", { class: "row3" },
+        field("export-max-removal", "Most members that may leave in one run (%)", maxRemoval),
+        field("export-max-rejected", "Most rows that may be rejected in one run (%)", maxRejected))),
     problem,
     status,
     formButtons,
@@ -296,6 +310,8 @@ export async function exportView(main, exportId) {
     }
     welcome.checked = existing.sendWelcomeMessage;
     enabled.checked = existing.enabled;
+    maxRemoval.value = String(existing.maxRemovalPercent);
+    maxRejected.value = String(existing.maxRejectedPercent);
   } else {
     fillAllColumns();
   }

@@ -61,7 +61,7 @@ function renderRuns(box, runs, problemBox, reload) {
   }
   const head = ["Started", "Status", "Progress", "Read", "Exported", "Rejected", "Duplicates", "Failed", "Skipped", "Duration", "Rejected rows", "Actions"];
   const rows = [];
-  for (const run of runs) {
+  for (const [i, run] of runs.entries()) {
     const c = run.counts;
     const report = h("td", {});
     if (FINAL.has(run.status) && c.rejected + c.duplicates + c.failed > 0) {
@@ -81,6 +81,17 @@ function renderRuns(box, runs, problemBox, reload) {
         await reload();
       });
       actions.append(cancel);
+    }
+    if (i === 0 && run.heldByThreshold) { // the newest run stopped at a safety threshold: send that refresh anyway
+      const anyway = h("button", { type: "button", "aria-label": `Run anyway: send the refresh that run ${run.runId} held` }, "Run anyway");
+      anyway.addEventListener("click", async () => {
+        busy(anyway, true);
+        try {
+          await state.api.send("POST", `exports/${encodeURIComponent(run.exportId)}/runs`, { query: { confirm: "true" } });
+        } catch (err) { showProblem(problemBox, err); }
+        await reload();
+      });
+      actions.append(anyway);
     }
     const num = (v) => h("td", { class: "num" }, fmtNumber(v));
     rows.push(h("tr", { dataset: { runId: run.runId, status: run.status } },

@@ -42,9 +42,10 @@ class ApiClient:
         self.session.headers["X-MS-CLIENT-PRINCIPAL"] = principal
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body=None, expect=(200, 201, 202, 204)):
+    def request(self, method: str, path: str, body=None, expect=(200, 201, 202, 204), params=None):
         try:
-            res = self.session.request(method, f"{self.base_url}/{path}", json=body, timeout=self.timeout)
+            res = self.session.request(method, f"{self.base_url}/{path}", json=body, params=params,
+                                       timeout=self.timeout)
         except requests.RequestException as e:
             raise SystemExit(f"Cannot reach the exporter API at {self.base_url} ({type(e).__name__}). Is "
                              "`python -m exporter serve` running there? Use --url to point elsewhere.") from None
@@ -194,6 +195,9 @@ def _add_export(api: ApiClient, args) -> None:
     body = {"name": args.name, "connectionId": args.connection,
             "source": {"container": args.container, "folder": args.folder, "segment": args.segment},
             "mapping": dict(args.map), "enabled": not args.disabled}
+    for option, name in (("max_removal_percent", "maxRemovalPercent"), ("max_rejected_percent", "maxRejectedPercent")):
+        if getattr(args, option) is not None:
+            body[name] = getattr(args, option)
     print(json.dumps(api.request("POST", "exports", body), indent=2))
 
 
@@ -220,7 +224,8 @@ def cmd_exports(args) -> int:
 
 def cmd_run(args) -> int:
     api = ApiClient(args.url)
-    run = api.request("POST", f"exports/{args.export_id}/runs")
+    query = {"confirm": "true"} if args.confirm else None
+    run = api.request("POST", f"exports/{args.export_id}/runs", params=query)
     print(f"Run {run['runId']} queued.")
     if not args.wait:
         return 0
@@ -256,6 +261,11 @@ def _export_add_options(add: argparse.ArgumentParser) -> None:
     add.add_argument("--segment", required=True)
     add.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", required=True, type=_field_column)
     add.add_argument("--disabled", action="store_true")
+    add.add_argument("--max-removal-percent", type=int, metavar="PERCENT",
+                     help="a run that would remove more of the current members stops before sending (default 50; "
+                          "100: off)")
+    add.add_argument("--max-rejected-percent", type=int, metavar="PERCENT",
+                     help="a run with a larger share of rejected rows stops before sending (default 50; 100: off)")
 
 
 def _resource_command(sub, name: str, help: str, fn, add_options, id_actions: tuple[str, ...]) -> None:
@@ -297,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     _url_option(r)
     r.add_argument("export_id")
     r.add_argument("--wait", action="store_true", help="show progress until the run ends, then the counts")
+    r.add_argument("--confirm", action="store_true",
+                   help="run even when the refresh is over the export's safety thresholds (a run they held says so)")
     r.set_defaults(fn=cmd_run)
 
     args = p.parse_args(argv)

@@ -100,6 +100,7 @@ class Run:
     counts_final: bool = False  # every batch is accounted for; counts no longer change
     full: bool = False  # send every member, not only what changed since the last confirmed state
     confirm: bool = False  # started with ?confirm=true: the export's safety thresholds do not stop it
+    held: bool = False  # stopped by a safety threshold before sending: a run with confirm would go through
     progress_at: datetime | None = None  # last change of the run or of its tally (storage time)
 
     def to_api(self, status_url: str | None = None) -> dict:
@@ -110,6 +111,7 @@ class Run:
             "trigger": self.trigger,
             "full": self.full,
             "confirm": self.confirm,
+            "heldByThreshold": self.held,
             "status": self.status.value,
             "counts": self.counts.to_api(),
             "countsFinal": self.counts_final,  # every batch is accounted for: the counts no longer change

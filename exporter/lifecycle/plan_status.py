@@ -72,12 +72,13 @@ def record_plan(svc: Services, run_id: str, counts: RunCounts, refresh: Refresh,
 
 
 def abandon(svc: Services, run_id: str, counts: RunCounts, refresh: Refresh | None, reason: str,
-            error: str | None) -> Run:
+            error: str | None, held: bool = False) -> Run:
     """End a run whose contacts will not be sent; they are counted as failed with ``reason``.
 
     The planning counts, the unsent contacts, the end of the run and ``counts_final`` are written in
     one step: a run never shows as ended with counts that do not add up yet (a caller polling it
-    would take them for its result). The tally records the same afterwards.
+    would take them for its result). The tally records the same afterwards. ``held``: a safety
+    threshold stopped it (the same run with ``confirm`` would go through).
     """
     unsent, counts.batches = counts.queued, 0
 
@@ -88,6 +89,7 @@ def abandon(svc: Services, run_id: str, counts: RunCounts, refresh: Refresh | No
         if refresh is not None:
             run.refresh_folder, run.refresh_fingerprint = refresh.folder, refresh.fingerprint
         if not run.status.is_final:  # a run cancelled while planning stays cancelled
+            run.held = held
             if error:
                 run.status, run.finished_at, run.error = RunStatus.FAILED, svc.clock(), error
             else:

@@ -208,7 +208,7 @@ def _reason_not_to_send(svc: Services, run: Run, src: _Source, counts: RunCounts
     stop = threshold_stop(src.export, run, counts, len(src.state) if src.state is not None else 0)
     if stop is not None:
         return _end_unsent(svc, run, src, counts, spool, REASON_NOT_SENT_THRESHOLD,
-                           "the run stopped at the export's safety threshold before sending", stop)
+                           "the run stopped at the export's safety threshold before sending", stop.error, stop.held)
     current = svc.runs.get(run.id)
     if current is None or current.status.is_final:  # cancelled (or failed) while planning
         ended = current.status.value if current is not None else "deleted"
@@ -223,11 +223,11 @@ def _reason_not_to_send(svc: Services, run: Run, src: _Source, counts: RunCounts
 
 
 def _end_unsent(svc: Services, run: Run, src: _Source, counts: RunCounts, spool: Spool, reason: str, detail: str,
-                error: str | None) -> Run:
+                error: str | None, held: bool = False) -> Run:
     """The run's report lists the spooled contacts, which will not be sent, before the run ends."""
     report = svc.reports.open(run.id)
     try:
         report_unsent(report, spool, reason, detail)
     finally:
         report.close()
-    return abandon(svc, run.id, counts, src.refresh, reason, error)
+    return abandon(svc, run.id, counts, src.refresh, reason, error, held)

@@ -36,6 +36,7 @@ def _serialize(r: Run) -> dict:
         "CountsFinal": r.counts_final,
         "Full": r.full,
         "Confirm": r.confirm,
+        "Held": r.held,
     }
 
 
@@ -56,6 +57,7 @@ def _deserialize(e) -> Run:
         counts_final=bool(e.get("CountsFinal", False)),
         full=bool(e.get("Full", False)),
         confirm=bool(e.get("Confirm", False)),
+        held=bool(e.get("Held", False)),
         progress_at=e.metadata.get("timestamp"),
     )
 
