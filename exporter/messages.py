@@ -119,6 +119,7 @@ class SendBatch(RunRef):
     tagged: list[int] = field(default_factory=list)  # positions of contacts already holding the membership tag
     contacts: list[dict] = field(default_factory=list)  # the Omnisend contact bodies
     attempt: int = 0  # sends that failed transiently so far
+    unanswered: int = 0  # of those, sends Omnisend never answered: it may hold the contacts already
 
     @property
     def size(self) -> int:
@@ -153,20 +154,23 @@ class SendBatch(RunRef):
             body["tagged"] = self.tagged
         return body
 
-    def with_attempt(self, attempt: int) -> "SendBatch":
-        return replace(self, attempt=attempt)
+    def with_attempt(self, attempt: int, unanswered: int | None = None) -> "SendBatch":
+        return replace(self, attempt=attempt, unanswered=self.unanswered if unanswered is None else unanswered)
 
     def encode(self) -> str:
         body = {"type": self.TYPE, **self.payload()}
         if self.attempt:
             body["attempt"] = self.attempt
+        if self.unanswered:
+            body["unanswered"] = self.unanswered
         return _dumps(body)
 
     @classmethod
-    def from_payload(cls, body: dict, attempt: int = 0) -> "SendBatch":
+    def from_payload(cls, body: dict, attempt: int = 0, unanswered: int = 0) -> "SendBatch":
         return cls(**RunRef._of(body), number=body["batch"], parts=body.get("parts") or [],
                    refs=body.get("refs") or [], fps=[int(f) for f in body.get("fps") or []],
-                   tagged=[int(t) for t in body.get("tagged") or []], contacts=body["contacts"], attempt=attempt)
+                   tagged=[int(t) for t in body.get("tagged") or []], contacts=body["contacts"], attempt=attempt,
+                   unanswered=unanswered)
 
 
 def send_head(run_id: str, export_id: str, connection_id: str) -> str:
@@ -266,7 +270,7 @@ def decode_batch_message(text: str | bytes) -> BatchMessage:
     kind = body.get("type")
     try:
         if kind == SendBatch.TYPE:
-            return SendBatch.from_payload(body, attempt=body.get("attempt", 0))
+            return SendBatch.from_payload(body, attempt=body.get("attempt", 0), unanswered=body.get("unanswered", 0))
         if kind == CheckBatch.TYPE:
             return CheckBatch(**RunRef._of(body), number=body["batch"], omnisend_batch_id=body["omnisendBatchId"],
                               polls=body.get("polls", 0))

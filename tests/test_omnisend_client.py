@@ -18,6 +18,7 @@ from exporter.omnisend import (
     OmnisendAuthError,
     OmnisendClient,
     OmnisendError,
+    OmnisendNoAnswer,
     OmnisendNotFound,
     OmnisendRateLimited,
     OmnisendUnavailable,
@@ -260,6 +261,29 @@ def test_timeout_is_unavailable():
     assert_no_secret(caught.value)
 
 
+def test_a_write_without_an_answer_has_an_unknown_outcome(client, sandbox):
+    """A POST that went out and was not answered (too late, or the connection closed after it) may have
+    been done: OmnisendNoAnswer; a read or a request that never connected is only unavailable."""
+    with socket.socket() as listener:  # accepts connections (backlog) but never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(5)
+        port = listener.getsockname()[1]
+        with ReadingClient(SECRET, base_url=f"http://127.0.0.1:{port}/api/", timeout=5) as c:
+            started = time.monotonic()
+            with pytest.raises(OmnisendNoAnswer) as caught:
+                c.create_batch([contact("a@example.com")], timeout=0.3)  # the call's own wait, not the client's
+            assert time.monotonic() - started < 3
+            assert "0.3s" in str(caught.value) and "may or may not have taken effect" in str(caught.value)
+            with pytest.raises(OmnisendUnavailable) as caught:
+                c.check_key()
+            assert not isinstance(caught.value, OmnisendNoAnswer)
+    sandbox.faults.drop_rate, sandbox.faults.drop_after_processing = 1.0, True
+    with pytest.raises(OmnisendNoAnswer) as caught:
+        client.create_batch([contact("a@example.com")])
+    assert "closed before it answered" in str(caught.value)
+    assert_no_secret(caught.value)
+
+
 def test_connection_refused_is_unavailable():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -268,6 +292,7 @@ def test_connection_refused_is_unavailable():
         with pytest.raises(OmnisendUnavailable) as caught:
             c.upsert_contact(contact("a@example.com"))
     assert "Could not reach Omnisend" in str(caught.value)
+    assert not isinstance(caught.value, OmnisendNoAnswer)  # it never connected: nothing was sent
     assert_no_secret(caught.value)
 
 

@@ -29,6 +29,7 @@ REASON_STOPPED = "batch stopped by Omnisend"
 REASON_NOT_REPORTED = "outcome not reported by Omnisend"
 REASON_OUTCOME_UNKNOWN = "outcome unknown"
 REASON_OUTCOME_UNKNOWN_CONNECTION = "outcome unknown: connection removed"
+REASON_OUTCOME_UNKNOWN_NO_ANSWER = "outcome unknown: Omnisend did not answer"
 
 
 def rejected_by_omnisend(code: int | None) -> str:

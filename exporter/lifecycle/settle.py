@@ -35,7 +35,7 @@ def final_status(c: RunCounts) -> tuple[RunStatus, str | None]:
         return RunStatus.SUCCEEDED, None
     if c.confirmed + c.skipped > 0:
         return RunStatus.PARTIALLY_SUCCEEDED, None
-    return RunStatus.FAILED, "No contact of the segment reached Omnisend; see the report."
+    return RunStatus.FAILED, "Omnisend confirmed no contact of the segment; see the report."
 
 
 def conclude(run: Run, now: datetime) -> None:

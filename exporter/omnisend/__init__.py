@@ -4,6 +4,7 @@ from .client import OmnisendClient
 from .errors import (
     OmnisendAuthError,
     OmnisendError,
+    OmnisendNoAnswer,
     OmnisendNotFound,
     OmnisendRateLimited,
     OmnisendTerminalError,
@@ -15,7 +16,8 @@ from .errors import (
 from .results import BatchInfo, BatchItemResult
 
 __all__ = [
-    "BatchInfo", "BatchItemResult", "OmnisendAuthError", "OmnisendClient", "OmnisendError", "OmnisendNotFound",
+    "BatchInfo", "BatchItemResult", "OmnisendAuthError", "OmnisendClient", "OmnisendError", "OmnisendNoAnswer",
+    "OmnisendNotFound",
     "OmnisendRateLimited", "OmnisendTerminalError", "OmnisendTransientError", "OmnisendUnavailable",
     "OmnisendValidationError", "OmnisendVersionRetired",
 ]

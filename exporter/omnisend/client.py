@@ -25,9 +25,10 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 import requests
+import urllib3
 
 from ..logs import get_logger
-from .errors import OmnisendError, OmnisendUnavailable, error_from_response
+from .errors import OmnisendError, OmnisendNoAnswer, OmnisendUnavailable, error_from_response
 from .limits import (
     MAX_BATCH_ITEMS,
     MAX_EMAILS_PER_TAG_REQUEST,
@@ -87,9 +88,10 @@ class OmnisendClient:
         self._call("GET", "contacts", params={"limit": 1}, what="check the API key")
 
     def create_batch(self, items: list[dict], *, endpoint: str = "contacts", method: str = "POST",
-                     origin: str | None = None) -> str:
+                     origin: str | None = None, timeout: float | None = None) -> str:
         """``POST /batches``; returns the ``batchID``. Omnisend processes it asynchronously: poll
-        ``get_batch_result`` until its status ``is_done``."""
+        ``get_batch_result`` until its status ``is_done``. ``timeout``: seconds to wait for the answer
+        (default the client's); an answer that does not come raises ``OmnisendNoAnswer``."""
         if not isinstance(items, list) or not items:
             raise ValueError("A batch needs at least 1 item.")
         if len(items) > MAX_BATCH_ITEMS:
@@ -97,7 +99,7 @@ class OmnisendClient:
         body: dict[str, Any] = {"endpoint": endpoint, "method": method, "items": items}
         if origin is not None:
             body["origin"] = origin
-        data = self._call("POST", "batches", json_body=body, what="create a batch")
+        data = self._call("POST", "batches", json_body=body, what="create a batch", timeout=timeout)
         batch_id = data.get("batchID") if isinstance(data, dict) else None
         if not batch_id:
             raise OmnisendError("Omnisend accepted the batch but its answer has no batchID; the batch may "
@@ -169,8 +171,9 @@ class OmnisendClient:
         self._call(method, "contacts/tags", json_body={"tags": list(tags), "emails": list(emails)}, what=what)
 
     def _call(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None,
-              what: str) -> Any:
-        """Send one request; return the decoded JSON (None for an empty 2xx body) or raise."""
+              what: str, timeout: float | None = None) -> Any:
+        """Send one request (waiting ``timeout`` seconds, default the client's, for the answer); return
+        the decoded JSON (None for an empty 2xx body) or raise."""
         if self._pacer is not None:
             self._pacer(path)
         url = self.base_url + path
@@ -180,16 +183,28 @@ class OmnisendClient:
             "Accept": "application/json, application/problem+json",
         }
         started = time.monotonic()
+        wait = self.timeout if timeout is None else timeout
         try:
             response = self._session.request(method, url, params=params, json=json_body, headers=headers,
-                                             timeout=self.timeout)
-        except requests.Timeout as exc:
+                                             timeout=wait)
+        except requests.ConnectTimeout as exc:  # before Timeout, of which it is one: nothing was sent
             raise OmnisendUnavailable(
-                f"Omnisend did not answer in time ({self.timeout:g}s) when trying to {what} ({method} /{path}): "
+                f"Could not connect to Omnisend in time ({wait:g}s) to {what} ({method} /{path}): "
+                f"{self._describe(exc)}. Nothing was sent; retry later."
+            ) from None
+        except requests.Timeout as exc:
+            unanswered = OmnisendNoAnswer if method != "GET" else OmnisendUnavailable
+            raise unanswered(
+                f"Omnisend did not answer in time ({wait:g}s) when trying to {what} ({method} /{path}): "
                 f"{self._describe(exc)}. This is usually transient: retry later. "
                 + ("The write may or may not have taken effect." if method != "GET" else "")
             ) from None
         except requests.ConnectionError as exc:
+            if method != "GET" and _request_went_out(exc):
+                raise OmnisendNoAnswer(
+                    f"The connection to Omnisend closed before it answered the request to {what} ({method} "
+                    f"/{path}): {self._describe(exc)}. The write may or may not have taken effect; retry later."
+                ) from None
             raise OmnisendUnavailable(
                 f"Could not reach Omnisend at {self.base_url} to {what} ({method} /{path}): "
                 f"{self._describe(exc)}. Retry later; if it persists, check OMNISEND_API_URL and the network."
@@ -219,6 +234,14 @@ class OmnisendClient:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key and text else text
+
+
+def _request_went_out(exc: requests.ConnectionError) -> bool:
+    """Whether a failed connection may have carried the request: False only when it never connected
+    (refused, name not resolved); a connection reset or closed mid-answer may come after the write."""
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps what happened
+    return not isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 def _segment(value: str) -> str:

@@ -43,7 +43,6 @@ def _rebuild_error(cls: type[OmnisendError], message: str, state: dict) -> Omnis
     return error
 
 
-
 class OmnisendTransientError(OmnisendError):
     """Omnisend could not do it now; the same request may succeed later."""
 
@@ -67,6 +66,12 @@ class OmnisendRateLimited(OmnisendTransientError):
 class OmnisendUnavailable(OmnisendTransientError):
     """5xx, a timeout or a connection error: transient, retry later. When the failed call wrote
     something (POST), it may or may not have taken effect."""
+
+
+class OmnisendNoAnswer(OmnisendUnavailable):
+    """A write went out and no answer came back (the answer was later than the timeout, or the
+    connection closed after the request was sent): Omnisend may have done it. Its outcome is unknown,
+    not "not sent"; sending it again is safe only where the write is an upsert."""
 
 
 class OmnisendValidationError(OmnisendTerminalError):

@@ -9,7 +9,7 @@ from ..logs import get_logger
 from ..messages import CheckBatch, SendBatch
 from ..services import Services
 from .accounting import commit, give_up_contacts
-from .outcomes import HANDLED, after_failed_send
+from .outcomes import HANDLED, after_failed_send, answer_timeout
 
 log = get_logger(__name__)
 
@@ -48,7 +48,8 @@ def send_contacts(svc: Services, message: SendBatch) -> None:
         give_up_contacts(svc, message, REASON_NOT_SENT_CONNECTION, "the connection was removed")
         return
     try:
-        batch_id = svc.omnisend(connection).create_batch(message.contacts, origin=ORIGIN)
+        wait = answer_timeout(svc.settings.omnisend_timeout_seconds, message.unanswered)
+        batch_id = svc.omnisend(connection).create_batch(message.contacts, origin=ORIGIN, timeout=wait)
     except HANDLED as e:
         after_failed_send(svc, message, e, lambda reason, detail: give_up_contacts(svc, message, reason, detail))
         return

@@ -1,0 +1,84 @@
+"""Ambiguous sends (#14 item 3): a POST /batches that went out and was never answered may have landed.
+
+The sandbox answers such a POST late, after it took effect, as a slow real API does. The uploader
+sends the batch again, waiting longer for the answer each time, checks the first copy Omnisend
+answers, caps the copies, and counts what it could not learn as "outcome unknown", never "not sent".
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from devtools.omnisend_sandbox.server import FaultAction
+from exporter.domain.reasons import REASON_OUTCOME_UNKNOWN_NO_ANSWER
+from exporter.upload.outcomes import MAX_UNANSWERED_SENDS
+from tests.apphelpers import create_connection, create_export, report_rows, start_run, wait_for_run
+from tests.conftest import TEST_API_KEY, TEST_BRAND
+from tests.test_bad_input import MAPPING, people, rows
+
+SEG = "Slow"
+
+
+@pytest.fixture
+def app_env(app_env):
+    return {**app_env, "OMNISEND_TIMEOUT_SECONDS": "1"}
+
+
+def answer_batches_late(sandbox, seconds: float) -> None:
+    """Every POST /batches is done at once and answered ``seconds`` later."""
+    def on_request(method: str, route: str):
+        return FaultAction(delay=seconds, slow=True) if route == "POST /batches" else None
+
+    sandbox.faults.on_request = on_request
+
+
+def segment(container, count: int, minutes_ago: int = 5) -> None:
+    when = (datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)).strftime("%Y/%m/%d/%H%M")
+    container.upload_blob(f"ci/{SEG}/{when}/{SEG}_1.csv", ("CustomerId,FirstName,PrimaryEmail,Country\r\n"
+                                                          + rows(*people(1, count))).encode(), overwrite=True)
+
+
+def run_once(export: dict) -> dict:
+    return wait_for_run(start_run(export["id"])["runId"], timeout=90)
+
+
+def test_a_send_answered_after_the_timeout_is_sent_again_and_the_answered_copy_counts(services, workers, sandbox,
+                                                                                      segment_container):
+    services.backoff = lambda attempt: 0.2
+    segment(segment_container, 5)
+    export = create_export(create_connection(TEST_API_KEY)["id"], segment_container.container_name, "ci", SEG,
+                           mapping=MAPPING)
+    answer_batches_late(sandbox, 1.5)  # later than the 1 s timeout, sooner than the 2 s the next copy waits
+    run = run_once(export)
+    c = run["counts"]
+    assert run["status"] == "succeeded" and c["confirmed"] == 5 and c["failed"] == 0, run
+    stats = sandbox.stats(TEST_BRAND)
+    assert stats["byPath"]["POST /batches"] == 2 and stats["batchesCreated"] == 2  # one copy, then the answered one
+    assert len(sandbox.contacts(TEST_BRAND)) == 5
+    # the state recorded them: the same refresh again sends nothing
+    sandbox.faults.on_request = lambda method, route: None
+    again = run_once(export)
+    assert again["counts"]["skipped"] == 5 and again["counts"]["batches"] == 0
+
+
+def test_a_send_never_answered_is_capped_and_counted_as_outcome_unknown(services, workers, sandbox,
+                                                                        segment_container):
+    services.backoff = lambda attempt: 0.2
+    segment(segment_container, 5)
+    export = create_export(create_connection(TEST_API_KEY)["id"], segment_container.container_name, "ci", SEG,
+                           mapping=MAPPING)
+    answer_batches_late(sandbox, 6)  # later than any wait (at most 4 times the 1 s timeout)
+    run = run_once(export)
+    c = run["counts"]
+    assert run["status"] == "failed" and c["confirmed"] == 0 and c["read"] == c["failed"] == 5, run
+    assert c["failedByReason"] == {REASON_OUTCOME_UNKNOWN_NO_ANSWER: 5}
+    assert "not sent" not in str(c["failedByReason"]) and "reached" not in run["error"]
+    stats = sandbox.stats(TEST_BRAND)
+    assert stats["byPath"]["POST /batches"] == MAX_UNANSWERED_SENDS == 4  # capped: not the 6 attempts of before
+    assert len(sandbox.contacts(TEST_BRAND)) == 5  # they did land, once each: the outcome was unknown, not "failed"
+    report = report_rows(run["runId"])
+    assert {r["reason"] for r in report} == {REASON_OUTCOME_UNKNOWN_NO_ANSWER}
+    assert all("did not answer 4 of 4 sends" in r["detail"] and f"/runs/{run['runId']}/retry" in r["detail"]
+               for r in report)
