@@ -129,6 +129,19 @@ def _mapped_columns(export: Export) -> dict[str, str]:
     return columns
 
 
+def _refuse_shared_tag(svc: Services, export: Export) -> None:
+    """Two exports on one Omnisend account with the same membership tag would undo each other: a
+    member leaving one segment would lose the tag it holds as a member of the other."""
+    tag = export.effective_tag.casefold()
+    for other in svc.exports.list():
+        if other.id == export.id or other.connection_id != export.connection_id or other.effective_tag.casefold() != tag:
+            continue
+        used = f"{other.effective_tag!r} is the membership tag of export {other.name!r} ({other.id}) on the same connection"
+        raise Conflict("Tag in use", f"{used}: a member leaving one segment would lose the tag it holds for the "
+                       "other. Set another tag on this export.",
+                       {"errors": [{"field": "tag", "code": "in_use", "message": used}], "exportId": other.id})
+
+
 def get_export_for(svc: Services, caller: Caller, export_id: str, action: str) -> Export:
     require_member(caller)
     export = svc.exports.get(export_id) if known_id(export_id) else None
@@ -164,6 +177,7 @@ def create_export(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse
     now = svc.clock()
     export = _export_from(data, new_id(), now, now)
     notices = _check_source(svc, export)
+    _refuse_shared_tag(svc, export)
     svc.exports.put(export)  # saving never starts a run
     return ApiResponse(201, {**export.to_api(), "notices": notices},
                        headers={"Location": f"{req.base_url()}/exports/{export.id}"})
@@ -186,6 +200,7 @@ def update_export(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse
     _usable_connection(svc, caller, data["connectionId"], "move an export to it")
     export = _export_from(data, current.id, current.created_at, svc.clock())
     notices = _check_source(svc, export)
+    _refuse_shared_tag(svc, export)
     svc.exports.put(export)
     return ApiResponse(200, {**export.to_api(), "notices": notices})
 

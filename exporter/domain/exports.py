@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from anyascii import anyascii
+
 from .common import iso
 
 # Omnisend contact fields an export can map, in API order: (json name, python attribute).
@@ -68,12 +70,19 @@ class Source:
 
 
 TAG_PATTERN = re.compile(r"^[a-zA-Z0-9_\- ]{1,128}$")  # what Omnisend's own plugin accepts
+_EMOJI_NAME = re.compile(r":[a-z0-9_+-]+:")  # how anyascii spells an emoji (":tada:")
 
 
-def safe_tag(name: str) -> str:
-    """A segment name made into a tag Omnisend accepts: other characters become "-", at most 128."""
-    tag = re.sub(r"[^a-zA-Z0-9_\- ]", "-", name).strip()[:128].strip()
-    return tag or "segment"
+def safe_tag(name: str, export_id: str = "") -> str:
+    """A segment name made into a tag Omnisend accepts, readable from any script: transliterated to
+    ASCII (anyascii: "Клиенты" -> "Klienty"; emoji dropped, runs of spaces made one), other characters
+    become "-", at most 128. A name with no letter or digit left gets "segment-" and a stable hash of
+    the export's id, so that two such exports never share a tag (a leaver of one would lose the tag it holds as a member of the other)."""
+    text = " ".join(_EMOJI_NAME.sub(" ", anyascii(name)).split())
+    tag = re.sub(r"[^a-zA-Z0-9_\- ]", "-", text)[:128].strip()
+    if not re.search(r"[a-zA-Z0-9]", tag):
+        return "segment-" + hashlib.sha256(export_id.encode()).hexdigest()[:8]
+    return tag
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,7 @@ class Export:
 
     @property
     def effective_tag(self) -> str:
-        return self.tag or safe_tag(self.source.segment)
+        return self.tag or safe_tag(self.source.segment, self.id)
 
     def sync_key(self) -> str:
         """What a member's state depends on besides its fields: when it changes, everyone is sent again."""
