@@ -208,6 +208,28 @@ def test_report_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text(se
     assert all(r["email"][0] == "'" for r in rejected)
 
 
+def test_control_characters_in_mapped_values_reject_their_row(services, workers, sandbox, conn, segment_container):
+    """C0 control characters (NUL, an escape code) in a mapped value are never sent; a tab or a line
+    break inside a value is not a control character here (addresses span lines)."""
+    model_json(segment_container)
+    hostile = [("10", "Nul\x00Name", "nul@example.com", "LT"), ("11", "Red\x1b[31m", "esc@example.com", "LT"),
+               ("12", "Bell", "bell@example.com", "L\x07T"),
+               ("1\x013", "x", "unmapped@example.com", "LT")]  # a control character in a column not mapped: sent
+    fine = [("14", "Tab\tName", "tab@example.com", "LT"), ("15", "Two\nLines", "lines@example.com", "LT")]
+    put(segment_container, part(), rows(*people(1, 3), *hostile, *fine))
+    run = run_export(export_of(conn, segment_container))
+    c = run["counts"]
+    assert c["read"] == 9 and c["rejectedByReason"] == {"control character": 3} and c["confirmed"] == 6, c
+    adds_up(run)
+    details = {r["email"]: r["detail"] for r in report_rows(run["runId"])}
+    assert details == {"nul@example.com": "firstName holds the control character U+0000",
+                       "esc@example.com": "firstName holds the control character U+001B",
+                       "bell@example.com": "country holds the control character U+0007"}
+    contacts = stored(sandbox)
+    assert not {"nul@example.com", "esc@example.com", "bell@example.com"} & set(contacts)
+    assert contacts["tab@example.com"]["firstName"] == "Tab\tName" and contacts["lines@example.com"]["firstName"] == "Two\nLines"
+
+
 def test_a_short_row_of_bytes_that_are_not_utf8_rejects_only_that_row(services, workers, sandbox, conn,
                                                                       segment_container):
     """Found as a user would: a short row holding a Latin-1 email failed the whole run ("Planning failed

@@ -75,6 +75,21 @@ def test_overlong_value_rejects_the_row_instead_of_truncating():
     assert isinstance(result, Rejection) and result.reason == "value too long" and "address" in result.detail
 
 
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f"])
+def test_a_c0_control_character_rejects_the_row_on_both_paths(char):
+    mapper = ContactMapper(COLUMNS, FULL)
+    for result in (mapper.map(row(Town=f"Vil{char}nius")), mapper.map_json(row(Town=f"Vil{char}nius"), "x")):
+        assert isinstance(result, Rejection) and result.reason == "control character"
+        assert result.detail == f"city holds the control character U+{ord(char):04X}"
+
+
+@pytest.mark.parametrize("value", ["a\tb", "line 1\nline 2", "line 1\r\nline 2", "Šimkutė", "a\xa0b", "a\u2028b"])
+def test_tabs_line_breaks_and_other_text_are_not_control_characters(value):
+    mapper = ContactMapper(COLUMNS, FULL)
+    assert mapper.map(row(Street=value))["address"] == value.strip()
+    assert not isinstance(mapper.map_json(row(Street=value), "x"), Rejection)
+
+
 def test_duplicates_are_detected_case_insensitively():
     assert email_key("Ana@Example.com") == email_key("ana@example.COM")
 

@@ -13,6 +13,7 @@ from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps
 
 from ..domain import MAPPABLE_FIELDS, Consent, Mapping
 from ..domain.reasons import (
+    REASON_CONTROL_CHARACTER,
     REASON_INVALID_CONSENT_DATE,
     REASON_INVALID_EMAIL,
     REASON_MISSING_EMAIL,
@@ -23,6 +24,11 @@ from .countries import ISO_ALPHA2
 # Omnisend does not document field limits; a longer value is almost surely bad data (for example a
 # runaway quoted field) and would crowd a queue message, so such rows are rejected, never truncated.
 MAX_FIELD_CHARS = 2_000
+
+# C0 control characters but tab, line feed and carriage return (an address may span lines): no field of
+# a contact should hold them, and a NUL or an escape code sent to Omnisend would reach every email
+# template that shows the field. Such a row is rejected, never cleaned.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 # Pragmatic address syntax: one "@", no spaces or control characters, a dotted domain of valid labels.
 _EMAIL = re.compile(
@@ -152,6 +158,9 @@ class ContactMapper:
                 continue  # an empty cell never blanks a value Omnisend already has
             if len(value) > MAX_FIELD_CHARS:
                 return Rejection(REASON_VALUE_TOO_LONG, f"{api} is longer than {MAX_FIELD_CHARS} characters")
+            control = None if value.isprintable() else _CONTROL.search(value)
+            if control is not None:
+                return _control_character(api, control.group())
             if api == "country" and len(value) == 2 and value.upper() in ISO_ALPHA2:
                 contact["countryCode"] = value.upper()
             else:
@@ -185,13 +194,17 @@ class ContactMapper:
             else:
                 undated = channel + ',"statusChangedAt":' + _json_str(dated_at)
         parts = [self._json_head, _json_str(email), channel, self._json_mid]
-        append = parts.append
+        append, search_control = parts.append, _CONTROL.search
         for key, i, is_country in self._json_fields:
             value = fields[i].strip()
             if not value:
                 continue
             if len(value) > MAX_FIELD_CHARS:
                 return Rejection(REASON_VALUE_TOO_LONG, f"{key[2:-2]} is longer than {MAX_FIELD_CHARS} characters")
+            # isprintable (C) is true for nearly every value; only the others are searched
+            control = None if value.isprintable() else search_control(value)
+            if control is not None:
+                return _control_character(key[2:-2], control.group())
             if is_country and len(value) == 2 and value.upper() in ISO_ALPHA2:
                 append(',"countryCode":')
                 append(_json_str(value.upper()))
@@ -204,6 +217,10 @@ class ContactMapper:
             return email, text, text
         parts[2] = undated
         return email, text, "".join(parts)
+
+
+def _control_character(api: str, char: str) -> Rejection:
+    return Rejection(REASON_CONTROL_CHARACTER, f"{api} holds the control character U+{ord(char):04X}")
 
 
 _MISSING_EMAIL = Rejection(REASON_MISSING_EMAIL, "the email column is empty")
