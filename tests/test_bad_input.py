@@ -253,6 +253,28 @@ def test_undecodable_bytes_in_a_report_cell_are_shown_escaped():
     assert safe_cell("=cmd\udcff") == "'=cmd\\xff"
 
 
+@pytest.mark.parametrize("codec,named", [("utf-16", "UTF-16 LE, byte order mark FF FE"),
+                                         ("utf-16-be", "UTF-16 BE without a byte order mark"),
+                                         ("utf-32", "UTF-32 LE, byte order mark FF FE 00 00")])
+def test_a_partition_in_utf16_or_utf32_fails_the_run_naming_its_encoding(services, workers, sandbox, conn,
+                                                                           segment_container, codec, named):
+    """Found as an operator would: a UTF-16 file described by model.json decodes as "UTF-8" full of
+    NULs, and every row was rejected as an invalid email without a word about the encoding."""
+    model_json(segment_container)
+    put(segment_container, part(), rows(*people(1, 5)).encode(codec))
+    run = run_export(export_of(conn, segment_container))
+    assert run["status"] == "failed" and part() in run["error"], run
+    assert f"is not UTF-8: it is encoded as {named}" in run["error"] and "Export the segment as UTF-8" in run["error"]
+    adds_up(run)
+    nothing_sent(sandbox)
+
+
+def test_a_header_row_in_utf16_is_refused_when_saved_naming_its_encoding(services, sandbox, conn, segment_container):
+    put(segment_container, part(), ("CustomerId,FirstName,PrimaryEmail,Country\r\n" + rows(*people(1, 2))).encode("utf-16"))
+    text = problem_of(*save_export(conn, segment_container), 400)
+    assert "UTF-16 LE" in text and part() in text
+
+
 def test_a_header_row_that_is_not_utf8_is_refused_when_saved(services, sandbox, conn, segment_container):
     put(segment_container, part(), b"CustomerId,F\xfcrstName,PrimaryEmail,Country\r\n1,A,a@example.com,LT\r\n")
     text = problem_of(*save_export(conn, segment_container), 400)

@@ -121,8 +121,11 @@ class _CheckedBytes(io.BufferedIOBase):
     undecodable characters, so the per-row check is only needed after it (cheap for clean files).
     """
 
-    def __init__(self, blocks: Iterator[bytes], encoding: str, on_close=None):
+    def __init__(self, blocks: Iterator[bytes], encoding: str, on_close=None, name: str = ""):
         self._blocks = blocks
+        self._name = name
+        self._encoding = encoding
+        self._first = True
         self._on_close = on_close
         self._buf = b""
         self._pos = 0
@@ -159,6 +162,9 @@ class _CheckedBytes(io.BufferedIOBase):
                 self._eof = True
                 self._check(b"", final=True)
                 return b""
+            if self._first:
+                self._first = False
+                _refuse_foreign_encoding(self._name, self._encoding, block)
             self._check(block)
             self._buf, self._pos = block, 0
         if size is None or size < 0 or (self._pos == 0 and size >= len(self._buf)):
@@ -172,6 +178,38 @@ class _CheckedBytes(io.BufferedIOBase):
         if size is not None and size >= 0:
             return self.read1(size)
         return b"".join(iter(self.read1, b""))
+
+
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 LE"), (b"\x00\x00\xfe\xff", "UTF-32 BE"), (b"\xff\xfe", "UTF-16 LE"),
+         (b"\xfe\xff", "UTF-16 BE"))
+_SNIFF_BYTES = 4096
+
+
+def _wide_encoding(block: bytes) -> str | None:
+    """The UTF-16 or UTF-32 a partition's first bytes show (a byte order mark, or text in which every
+    other byte is NUL), or None. Such a file decodes as "valid UTF-8" full of NULs: without this, each
+    row would be rejected as an invalid email and the run would not say why."""
+    for bom, name in _BOMS:
+        if block.startswith(bom):
+            return f"{name}, byte order mark {bom.hex(' ').upper()}"
+    head = block[:_SNIFF_BYTES]
+    if len(head) >= 16 and head.count(0) * 3 >= len(head):
+        even, odd = head[0::2].count(0), head[1::2].count(0)
+        return f"UTF-16 {'BE' if even > odd else 'LE'} without a byte order mark, {head.count(0)} NUL bytes " \
+               f"in its first {len(head)}"
+    return None
+
+
+def _refuse_foreign_encoding(name: str, encoding: str, block: bytes) -> None:
+    if encoding.replace("_", "-").startswith(("utf-16", "utf-32")):
+        return  # model.json says so: the codec reads it
+    found = _wide_encoding(block)
+    if found is not None:
+        raise SegmentFormatError(
+            f"{name} is not {'UTF-8' if encoding == 'utf-8' else encoding}: it is encoded as {found}. Export "
+            "the segment as UTF-8 (the CDM default), or name its encoding in model.json (fileFormatSettings "
+            "encoding)."
+        )
 
 
 def _gunzip_blocks(gz: gzip.GzipFile, name: str) -> Iterator[bytes]:
@@ -192,7 +230,7 @@ def open_text(container: ContainerClient, name: str, encoding: str, chunk_size: 
     source: Iterator[bytes] = itertools.chain([first], chunks) if first else iter(())
     if first[:2] == _GZIP_MAGIC:
         source = _gunzip_blocks(gzip.GzipFile(fileobj=_IterRaw(source), mode="rb"), name)
-    checked = _CheckedBytes(source, encoding, on_close=chunks.close)
+    checked = _CheckedBytes(source, encoding, on_close=chunks.close, name=name)
     text = io.TextIOWrapper(
         checked,
         encoding="utf-8-sig" if encoding == "utf-8" else encoding,
