@@ -15,6 +15,8 @@ import contextvars
 import logging
 from typing import Iterator
 
+from .redaction import scrub
+
 CONTEXT_FIELDS = ("run_id", "export_id", "connection_id", "batch", "trigger")
 
 _context: contextvars.ContextVar[dict | None] = contextvars.ContextVar("exporter_log_context", default=None)
@@ -32,13 +34,30 @@ def log_context(**fields) -> Iterator[None]:
 
 
 class _ContextFilter(logging.Filter):
-    """Adds the active ``log_context`` fields a record does not have already (``extra`` wins)."""
+    """Adds the active ``log_context`` fields a record does not have already (``extra`` wins), and
+    takes any copy of an API key out of the record's text and traceback (``redaction``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         for key, value in (_context.get() or {}).items():
             if getattr(record, key, None) is None:
                 setattr(record, key, value)
+        _scrub_record(record)
         return True
+
+
+_TRACEBACKS = logging.Formatter()
+
+
+def _scrub_record(record: logging.LogRecord) -> None:
+    message = record.getMessage()
+    clean = scrub(message)
+    if clean != message:
+        record.msg, record.args = clean, None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = scrub(record.exc_text)
+        record.exc_info = None  # handlers render exc_text; none formats the raw exception again
 
 
 _FILTER = _ContextFilter()

@@ -382,7 +382,8 @@ def test_delete_removes_the_secret_and_disables_its_exports_keeping_everything_e
     doomed = create_connection(TEST_API_KEY, name="Doomed")
     kept = create_connection(TEST_API_KEY, name="Kept")
     a = create_export(doomed["id"], container, "ci", "Del")
-    b = create_export(doomed["id"], container, "ci", "Del", mapping={"email": "PrimaryEmail"}, enabled=False)
+    b = create_export(doomed["id"], container, "ci", "Del", mapping={"email": "PrimaryEmail"}, enabled=False,
+                      tag="Del b")  # one tag per connection
     c = create_export(kept["id"], container, "ci", "Del")
     secret = services.connections.get(doomed["id"]).secret_name
     kept_rows = table_rows(services.clients)["exports"]

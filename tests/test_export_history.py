@@ -37,7 +37,8 @@ def left_of(services, export_id: str, run_ids: list[str]) -> dict:
 
 def test_deleting_an_export_deletes_its_runs_and_everything_they_left(services, workers, sandbox, segment_container):
     refresh(segment_container)
-    export = create_export(create_connection(TEST_API_KEY)["id"], segment_container.container_name, "ci", "Seg")
+    export = create_export(create_connection(TEST_API_KEY)["id"], segment_container.container_name, "ci", "Seg",
+                           maxRemovalPercent=100)  # the second refresh is other profiles: most members leave
     first = wait_for_run(start_run(export["id"])["runId"])
     refresh(segment_container, rows=310)  # a second refresh, a second run
     second = wait_for_run(start_run(export["id"])["runId"])

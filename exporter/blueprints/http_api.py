@@ -9,6 +9,7 @@ import azure.functions as func
 
 from .. import api
 from ..config import ConfigurationError
+from ..redaction import scrub
 from ..services import get_services
 
 bp = func.Blueprint()
@@ -34,7 +35,7 @@ def to_http_response(res: api.ApiResponse) -> func.HttpResponse:
     elif isinstance(res.body, (bytes, bytearray)):
         body = bytes(res.body)
     else:
-        body = json.dumps(res.body).encode()
+        body = scrub(json.dumps(res.body)).encode()  # an error quoting someone's words never shows a key
     return func.HttpResponse(body=body, status_code=res.status, headers=res.headers, mimetype=res.content_type.split(";")[0],
                              charset="utf-8")
 

@@ -4,6 +4,7 @@ from .client import OmnisendClient
 from .errors import (
     OmnisendAuthError,
     OmnisendError,
+    OmnisendKeyUnusable,
     OmnisendNoAnswer,
     OmnisendNotFound,
     OmnisendRateLimited,
@@ -16,7 +17,7 @@ from .errors import (
 from .results import BatchInfo, BatchItemResult
 
 __all__ = [
-    "BatchInfo", "BatchItemResult", "OmnisendAuthError", "OmnisendClient", "OmnisendError", "OmnisendNoAnswer",
+    "BatchInfo", "BatchItemResult", "OmnisendAuthError", "OmnisendClient", "OmnisendError", "OmnisendKeyUnusable", "OmnisendNoAnswer",
     "OmnisendNotFound",
     "OmnisendRateLimited", "OmnisendTerminalError", "OmnisendTransientError", "OmnisendUnavailable",
     "OmnisendValidationError", "OmnisendVersionRetired",

@@ -20,6 +20,7 @@ Typical use::
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Callable
 from urllib.parse import quote
@@ -28,7 +29,8 @@ import requests
 import urllib3
 
 from ..logs import get_logger
-from .errors import OmnisendError, OmnisendNoAnswer, OmnisendUnavailable, error_from_response
+from ..redaction import register_secret, scrub
+from .errors import OmnisendError, OmnisendKeyUnusable, OmnisendNoAnswer, OmnisendUnavailable, error_from_response
 from .limits import (
     MAX_BATCH_ITEMS,
     MAX_EMAILS_PER_TAG_REQUEST,
@@ -41,6 +43,7 @@ from .results import BatchInfo, BatchItemResult, _item_sort_key, _looks_like_bat
 logger = get_logger(__name__)
 
 _BATCH_ITEM_KEYS = ("responses", "errors")
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")  # what a key in an HTTP header may hold
 
 
 class OmnisendClient:
@@ -51,6 +54,13 @@ class OmnisendClient:
                  session: requests.Session | None = None, pacer: Callable[[str], None] | None = None) -> None:
         if not isinstance(api_key, str) or not api_key.strip():
             raise ValueError("An Omnisend API key is required (it is empty).")
+        register_secret(api_key)  # whatever happens next, no text the app writes shows it
+        if not _VISIBLE_ASCII.fullmatch(api_key.strip()):
+            raise OmnisendKeyUnusable(
+                "The Omnisend API key holds characters an HTTP header cannot carry (a space or line break "
+                "inside it, or a letter that is not ASCII), so nothing was sent with it. Store the key again "
+                "exactly as Omnisend shows it (Store settings > API keys)."
+            )
         if not base_url:
             raise ValueError("base_url is empty; set OMNISEND_API_URL or leave it unset for Omnisend itself.")
         if timeout is None or timeout <= 0:
@@ -233,7 +243,7 @@ class OmnisendClient:
         return self._scrub(f"{type(exc).__name__}: {exc}")[:300]
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key and text else text
+        return scrub(text.replace(self._api_key, "***")) if self._api_key and text else text
 
 
 def _request_went_out(exc: requests.ConnectionError) -> bool:

@@ -55,6 +55,10 @@ class OmnisendAuthError(OmnisendTerminalError):
     """401/403: the API key is missing, wrong, revoked, or lacks the permission for this call."""
 
 
+class OmnisendKeyUnusable(OmnisendTerminalError):
+    """The key cannot be sent at all: it holds characters an HTTP header cannot carry. Nothing was sent."""
+
+
 class OmnisendRateLimited(OmnisendTransientError):
     """429: the brand's request budget is used up. Wait ``retry_after`` seconds, then retry."""
 

@@ -13,6 +13,7 @@ from azure.core.exceptions import HttpResponseError, ResourceModifiedError, Reso
 from azure.data.tables import TableClient, UpdateMode
 
 from ..domain import Run, RunCounts, RunStatus, parse_iso
+from ..redaction import scrub
 from .errors import ConcurrencyError
 from .tally import TallyRepository
 
@@ -30,7 +31,7 @@ def _serialize(r: Run) -> dict:
         "CreatedAt": r.created_at,
         "StartedAt": r.started_at.isoformat() if r.started_at else "",
         "FinishedAt": r.finished_at.isoformat() if r.finished_at else "",
-        "Error": r.error or "",
+        "Error": scrub(r.error) if r.error else "",
         "RefreshFolder": r.refresh_folder or "",
         "RefreshFingerprint": r.refresh_fingerprint or "",
         "CountsFinal": r.counts_final,

@@ -28,6 +28,7 @@ from typing import Callable
 from ..domain.reasons import (
     REASON_NOT_SENT_AUTH,
     REASON_NOT_SENT_CONNECTION,
+    REASON_NOT_SENT_KEY_UNUSABLE,
     REASON_NOT_SENT_REJECTED,
     REASON_NOT_SENT_UNAVAILABLE,
     REASON_OUTCOME_UNKNOWN_NO_ANSWER,
@@ -35,7 +36,14 @@ from ..domain.reasons import (
 from ..lifecycle.settle import fail_run
 from ..logs import get_logger
 from ..messages import SendBatch, TagBatch
-from ..omnisend import OmnisendAuthError, OmnisendError, OmnisendNoAnswer, OmnisendRateLimited, OmnisendTransientError
+from ..omnisend import (
+    OmnisendAuthError,
+    OmnisendError,
+    OmnisendKeyUnusable,
+    OmnisendNoAnswer,
+    OmnisendRateLimited,
+    OmnisendTransientError,
+)
 from ..services import Services
 from ..state.secrets import SecretStoreError
 
@@ -76,6 +84,8 @@ def classify(error: Exception) -> Outcome:
         return Outcome(Verdict.WAIT, delay=error.retry_after + random.uniform(0, 1), detail=str(error))
     if isinstance(error, OmnisendTransientError):
         return Outcome(Verdict.BACK_OFF, detail=str(error))
+    if isinstance(error, OmnisendKeyUnusable):
+        return Outcome(Verdict.GIVE_UP, reason=REASON_NOT_SENT_KEY_UNUSABLE, detail=str(error))
     if isinstance(error, OmnisendAuthError):
         return Outcome(Verdict.KEY_REJECTED, detail="Omnisend rejected the API key (401/403)")
     if isinstance(error, SecretStoreError):
