@@ -97,6 +97,15 @@ class Services:
             self._connections.pop(connection_id, None)
         return found
 
+    def connection_for_results(self, connection_id: str, max_age: float = 0.0) -> Connection | None:
+        """The connection a batch was sent with, for reading its result: also a removed one whose key
+        is kept until its batches in flight are counted (``lifecycle.connections``)."""
+        found = self.connection(connection_id, max_age)
+        if found is None:
+            retired = self.connections.retired.get(connection_id)
+            found = retired[0] if retired is not None else None
+        return found
+
     def omnisend(self, connection: Connection) -> OmnisendClient:
         """A client for the connection's key; one per thread and key, so sessions are reused."""
         key = self.secrets.get(connection.secret_name)

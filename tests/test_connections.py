@@ -23,6 +23,7 @@ import pytest
 from devtools.sample_segment import generate_profiles, write_segment_refresh
 from exporter.domain import parse_iso
 from exporter.domain.reasons import REASON_NOT_SENT_OVER_LIMIT
+from exporter.lifecycle.schedule import run_schedule
 from exporter.services import Services
 from exporter.state.secrets import SecretNotFoundError
 from tests.apphelpers import (
@@ -384,7 +385,7 @@ def test_delete_removes_the_secret_and_disables_its_exports_keeping_everything_e
     a = create_export(doomed["id"], container, "ci", "Del")
     b = create_export(doomed["id"], container, "ci", "Del", mapping={"email": "PrimaryEmail"}, enabled=False,
                       tag="Del b")  # one tag per connection
-    c = create_export(kept["id"], container, "ci", "Del")
+    c = create_export(kept["id"], container, "ci", "Del", tag="Del c")  # a moves here later: one tag per connection
     secret = services.connections.get(doomed["id"]).secret_name
     kept_rows = table_rows(services.clients)["exports"]
 
@@ -427,6 +428,7 @@ def test_delete_during_a_run_stops_it_from_sending(services, workers, sandbox, s
     write_segment_refresh(segment_container, folder="ci", segment="Big", profiles=profiles, when=FIVE_MINUTES_AGO,
                           partitions=3)
     conn = create_connection(TEST_API_KEY, name="Big")
+    secret = services.connections.get(conn["id"]).secret_name
     export = create_export(conn["id"], segment_container.container_name, "ci", "Big")
     run_id = start_run(export["id"])["runId"]
 
@@ -458,3 +460,21 @@ def test_delete_during_a_run_stops_it_from_sending(services, workers, sandbox, s
     report = list(csv.DictReader(io.StringIO(res.get_body().decode())))
     assert sum(1 for r in report if r["reason"] == "not sent: connection removed") == not_sent
     assert sum(1 for r in report if r["stage"] == "upload") == c["failed"]
+
+    # the batches Omnisend had accepted were read with the key kept for it (#14 item 4): what landed is
+    # confirmed, not "outcome unknown"
+    assert not any(reason.startswith("outcome unknown") for reason in c["failedByReason"]), c
+    assert c["confirmed"] == len(stored)
+    # a retry cannot send with a removed connection: 409, and why
+    status, body, _ = call("run_retry", "POST", "", route_params={"id": run_id})
+    assert status == 409 and "was removed" in body["detail"] and "cannot be sent again" in body["detail"], body
+    # the key stays only while results are read: once the counts are final, the timer's tick deletes it
+    deadline = time.monotonic() + 30
+    while not services.runs.get(run_id).counts_final:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert services.secrets.get(secret) == TEST_API_KEY and services.connections.retired.get(conn["id"])
+    run_schedule(services)
+    with pytest.raises(SecretNotFoundError):
+        services.secrets.get(secret)
+    assert services.connections.retired.get(conn["id"]) is None

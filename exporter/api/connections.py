@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..domain import Connection, new_id
-from ..lifecycle.cancel import note_on_active_run
+from ..lifecycle.connections import remove_connection
 from ..omnisend import OmnisendAuthError, OmnisendError, OmnisendUnavailable
 from ..services import Services
 from .access import Caller, require_admin, require_member, require_use
@@ -101,23 +101,8 @@ def get_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiRespons
 
 
 def delete_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
-    """Remove a destination: its key leaves Key Vault, its exports are disabled (not deleted), and
-    running runs stop sending (the uploader finds no connection)."""
+    """Remove a destination: its key leaves Key Vault (once results of batches in flight are read),
+    its exports are disabled (not deleted), and running runs stop sending."""
     require_admin(caller, "remove connections")
-    conn = _get_connection(svc, req.route_params["id"])
-    svc.secrets.delete(conn.secret_name)  # first: if Key Vault refuses, nothing else has changed
-    svc.connections.delete(conn.id)
-    now = svc.clock()
-    removed = f"Connection {conn.display_name!r} was removed by {caller.name} at {now:%Y-%m-%d %H:%M} UTC"
-    for export in svc.exports.list():
-        if export.connection_id == conn.id:
-            export.enabled = False
-            export.disabled_reason = removed + "."
-            export.updated_at = now
-            svc.exports.put(export)
-        # Runs in progress stop sending by themselves (the uploader finds no connection); say why on them.
-        for run in svc.runs.list(export.id, limit=20):
-            if run.connection_id == conn.id and run.status.is_active:
-                note_on_active_run(svc, run.id, removed + "; batches not sent yet were not sent.")
-    log.info("connection removed", extra={"connection_id": conn.id})
+    remove_connection(svc, _get_connection(svc, req.route_params["id"]), caller.name)
     return ApiResponse(204)

@@ -52,6 +52,11 @@ def retry_failed_batches(svc: Services, run_id: str) -> tuple[Run, int]:
         raise KeyError(run_id)
     if not run.status.is_final:
         raise RetryError(f"Run {run_id} is still {run.status.value}; retry its failed batches once it has ended.")
+    if svc.exports.get(run.export_id) is None:
+        raise RetryError(f"The export of run {run_id} was deleted; its batches are not sent again.")
+    if svc.connections.get(run.connection_id) is None:
+        raise RetryError(f"The connection run {run_id} was made with ({run.connection_id}) was removed; its batches "
+                         "cannot be sent again. Run the export with a connection that exists instead.")
     # FAILED: give-ups and unknown outcomes; QUEUED: put back by a retry that was interrupted
     candidates = [b.number for b in svc.batches.list(run_id) if b.status in (BatchStatus.FAILED, BatchStatus.QUEUED)]
     if not candidates:

@@ -1,6 +1,9 @@
-"""Connections, one entity each in the connections table."""
+"""Connections, one entity each in the connections table; a removed connection whose runs still had
+batches out is kept apart ("retired") until their results are read, so its key can read them."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from azure.data.tables import TableClient
 
@@ -8,6 +11,7 @@ from ..domain import Connection
 from .entities import PartitionRepository
 
 PARTITION = "connection"
+RETIRED_PARTITION = "retired"  # removed: never used to send, only to read results of batches it sent
 
 
 # Written out field by field, like every entity conversion here: the property names are the stored
@@ -45,6 +49,25 @@ class ConnectionRepository(PartitionRepository[Connection]):
 
     def __init__(self, table: TableClient):
         super().__init__(table, _serialize, _deserialize)
+        self.retired = RetiredConnections(table)
 
     def list(self) -> list[Connection]:
         return sorted(self.all(), key=lambda c: c.display_name.casefold())
+
+
+def _serialize_retired(retired: tuple[Connection, datetime]) -> dict:
+    conn, at = retired
+    return {**_serialize(conn), "PartitionKey": RETIRED_PARTITION, "RetiredAt": at}
+
+
+def _deserialize_retired(e: dict) -> tuple[Connection, datetime]:
+    return _deserialize(e), e["RetiredAt"]
+
+
+class RetiredConnections(PartitionRepository[tuple[Connection, datetime]]):
+    """Removed connections (and when) whose key is kept for reading the results of batches in flight."""
+
+    partition = RETIRED_PARTITION
+
+    def __init__(self, table: TableClient):
+        super().__init__(table, _serialize_retired, _deserialize_retired)

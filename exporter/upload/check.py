@@ -45,7 +45,7 @@ def check_contacts(svc: Services, message: CheckBatch) -> None:
     if batch.status is not BatchStatus.ACCEPTED or batch.omnisend_batch_id != message.omnisend_batch_id:
         return  # already counted, or sent again since (a retry schedules its own check)
     polls = message.polls + 1
-    connection = svc.connection(message.connection_id, max_age=CONNECTION_MAX_AGE_FOR_RESULTS)
+    connection = svc.connection_for_results(message.connection_id, max_age=CONNECTION_MAX_AGE_FOR_RESULTS)
     if connection is None:  # Omnisend accepted the batch, but without the key its outcome cannot be read
         fail_accepted(svc, batch, etag, REASON_OUTCOME_UNKNOWN_CONNECTION,
                       "the connection was removed before Omnisend's result could be read; the contacts may have landed")
