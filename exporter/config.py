@@ -51,6 +51,7 @@ SETTING_NAMES = (
     "BATCH_CHECK_DELAY_SECONDS",
     "PLANNER_READER_PROCESS",
     "EXPORTER_DEV_MODE",
+    "EXPORTER_DEV_SECRETS_FILE",
     "WEBSITE_AUTH_ENABLED",  # set by the platform when App Service Authentication is on; never by us
 )
 DEFAULT_SCHEDULE = "0 */15 * * * *"  # NCRONTAB: every 15 minutes
@@ -81,6 +82,7 @@ class Settings:
     batch_check_delay_seconds: int
     planner_reader_process: str  # "auto", "on" or "off": read and map a large segment in a second process
     dev_mode: bool
+    dev_secrets_file: str | None  # development only: where the development key store keeps keys (None: memory)
     running_in_azure: bool
     platform_auth_enabled: bool  # App Service Authentication validates callers and sets X-MS-CLIENT-PRINCIPAL
 
@@ -138,6 +140,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_check_delay_seconds=_int(env, "BATCH_CHECK_DELAY_SECONDS", 2),
         planner_reader_process=reader,
         dev_mode=dev_mode,
+        dev_secrets_file=env.get("EXPORTER_DEV_SECRETS_FILE") or None,
         running_in_azure=running_in_azure,
         platform_auth_enabled=env.get("WEBSITE_AUTH_ENABLED", "").lower() == "true",
     )

@@ -32,6 +32,7 @@ EXCLUDED_SETTINGS = {
     "AzureWebJobsStorage": "a connection string needs shared-key access, which is off; the "
     "identity-based AzureWebJobsStorage__* settings replace it",
     "EXPORTER_DEV_MODE": "development only; the app refuses to start with it in Azure",
+    "EXPORTER_DEV_SECRETS_FILE": "development only: the development key store, never used in Azure",
     "WEBSITE_AUTH_ENABLED": "set by the platform itself when App Service Authentication is on",
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import stat
 import traceback
 
 import pytest
@@ -304,6 +305,25 @@ def test_dev_store_round_trip():
         store.get(NAME)
 
 
+def test_dev_store_on_disk_keeps_keys_across_processes_for_its_owner_only(tmp_path):
+    path = tmp_path / "keys" / "dev-secrets.json"
+    settings = load_settings({"EXPORTER_DEV_MODE": "1", "EXPORTER_DEV_SECRETS_FILE": str(path)})
+    DevSecretStore(settings).set(NAME, VALUE)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = DevSecretStore(settings)  # a new process, as after a restart of serve
+    assert again.get(NAME) == VALUE and "file" in repr(again) and VALUE not in repr(again)
+    again.delete(NAME)
+    with pytest.raises(SecretNotFoundError, match="development key store"):
+        DevSecretStore(settings).get(NAME)
+    path.chmod(0o644)  # loosened by hand: made owner-only again when read
+    DevSecretStore(settings)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.write_text("{not json")
+    with pytest.raises(ConfigurationError, match="cannot be read") as caught:
+        DevSecretStore(settings)
+    assert str(path) in str(caught.value)
+
+
 def test_dev_mode_in_azure_is_refused_by_load_settings():
     with pytest.raises(ConfigurationError, match="EXPORTER_DEV_MODE"):
         load_settings({"EXPORTER_DEV_MODE": "1", "WEBSITE_INSTANCE_ID": "x"})
@@ -389,7 +409,7 @@ def test_secret_values_never_show_in_repr_str_errors_or_logs(caplog):
             store.get(NAME)
         except SecretStoreError as exc:
             errors.append(exc)
-    assert repr(dev) == "DevSecretStore(dev)"
+    assert repr(dev) == "DevSecretStore(memory)"
     assert repr(kv) == f"KeyVaultSecretStore('{VAULT_URL}')"
 
     kv2, fake2 = make_keyvault_store()

@@ -127,6 +127,21 @@ def print_counts(run: dict, out=sys.stdout) -> None:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+DEV_SECRETS_FILE = ".local/dev-secrets.json"
+
+
+def _warn_about_missing_keys(services) -> None:
+    """Say at start, by name, which connections cannot send: their key is in no store this app reads."""
+    from ..state.secrets import SecretStoreError
+
+    for conn in services.connections.list():
+        try:
+            services.secrets.get(conn.secret_name)
+        except SecretStoreError as e:
+            print(f"WARNING: connection {conn.display_name!r} ({conn.id}) cannot send: {e}", file=sys.stderr,
+                  flush=True)
+
+
 def cmd_serve(args) -> int:
     if args.host not in LOOPBACK and not args.allow_remote:
         print(f"Refusing to serve on {args.host}: the development mode trusts the identity header of every "
@@ -145,12 +160,15 @@ def cmd_serve(args) -> int:
     env = dict(os.environ)
     env["EXPORTER_DEV_MODE"] = "1"  # serve is the development mode: see README
     os.environ["EXPORTER_DEV_MODE"] = "1"
+    if not env.get("KEY_VAULT_URL"):  # keys outlive a restart of serve (owner-only file; never in Azure)
+        env.setdefault("EXPORTER_DEV_SECRETS_FILE", DEV_SECRETS_FILE)
     settings = load_settings(env)
     services = build_services(settings)
     services.clients.ensure_resources()
     set_services(services)
+    _warn_about_missing_keys(services)
     host = LocalHost(services.clients, host=args.host, port=args.port, batch_workers=args.workers,
-                     timer=not args.no_timer, env=env)
+                     timer=not args.no_timer, env=env, lease_seconds=args.lease_seconds)
     host.start()
     print(f"Serving the exporter API on {host.url} (development mode; Omnisend at {settings.omnisend_api_url})",
           flush=True)
@@ -295,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=7071)
     s.add_argument("--workers", type=int, default=8, help="upload workers (default 8)")
     s.add_argument("--no-timer", action="store_true", help="do not fire the schedule")
+    s.add_argument("--lease-seconds", type=int, default=600,
+                   help="how long a message a worker took stays hidden before another may take it (default 600, "
+                        "as under the Functions host); a crashed app's messages come back after it")
     s.add_argument("--allow-remote", action="store_true",
                    help="serve on an address other than loopback (identities are not checked: anyone is an Admin)")
     s.set_defaults(fn=cmd_serve)

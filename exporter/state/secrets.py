@@ -10,9 +10,12 @@ Rule for this module: a secret *value* never appears in a log record, an excepti
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 from azure.core.exceptions import (
@@ -308,9 +311,11 @@ class KeyVaultSecretStore:
 
 
 class DevSecretStore:
-    """Development-only, in-memory store used by the local runner when KEY_VAULT_URL is not set.
+    """Development-only store used by the local runner when KEY_VAULT_URL is not set: in memory, or,
+    with ``EXPORTER_DEV_SECRETS_FILE`` (``python -m exporter serve`` sets ``.local/dev-secrets.json``),
+    in that file too, readable by its owner only (mode 0600), so a restart of the app keeps the keys.
 
-    Keys vanish when the process stops; it refuses to exist when running in Azure.
+    It refuses to exist when running in Azure or outside development mode.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -321,17 +326,52 @@ class DevSecretStore:
             )
         if not settings.dev_mode:
             raise ConfigurationError(
-                "DevSecretStore keeps API keys in memory and is only for local development "
+                "DevSecretStore keeps API keys outside Key Vault and is only for local development "
                 "(EXPORTER_DEV_MODE=1, as set by `python -m exporter serve`). Set KEY_VAULT_URL to use "
                 "Azure Key Vault."
             )
-        self._values: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._path = Path(settings.dev_secrets_file) if settings.dev_secrets_file else None
+        self._values: dict[str, str] = self._load() if self._path else {}
 
     def __repr__(self) -> str:
-        return "DevSecretStore(dev)"
+        return f"DevSecretStore({'file' if self._path else 'memory'})"
 
     __str__ = __repr__
+
+    @property
+    def where(self) -> str:
+        return f"the development key store ({self._path})" if self._path else \
+            "the development key store (in memory: keys vanish when the process stops)"
+
+    def _load(self) -> dict[str, str]:
+        assert self._path is not None
+        try:
+            if self._path.stat().st_mode & 0o077:
+                self._path.chmod(0o600)  # someone loosened it: only its owner may read keys
+                logger.warning("%s was readable by others; made owner-only (0600)", self._path)
+            data = json.loads(self._path.read_text("utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise ConfigurationError(f"The development key store {self._path} cannot be read ({type(e).__name__}); "
+                                     "fix or delete it (its connections then need their keys again).") from None
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise ConfigurationError(f"The development key store {self._path} is not a JSON object of keys; "
+                                     "fix or delete it.")
+        return {str(k).lower(): v for k, v in data.items()}
+
+    def _save(self) -> None:
+        """Written whole to a new file (mode 0600 from its creation), then renamed over the old one."""
+        if self._path is None:
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        temp = self._path.with_name(self._path.name + ".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(self._values, f)
+        os.chmod(temp, 0o600)  # O_CREAT's mode applies to a new file only
+        os.replace(temp, self._path)
 
     def get(self, name: str) -> str:
         _check_name(name)
@@ -339,8 +379,8 @@ class DevSecretStore:
             value = self._values.get(name.lower())
         if value is None:
             raise SecretNotFoundError(
-                f"Secret {name!r} does not exist in the development store (keys are kept in memory and "
-                "vanish when the process stops). Store the connection's Omnisend API key again.",
+                f"Secret {name!r} does not exist in {self.where}. Store the connection's Omnisend API key "
+                "again.",
                 secret_name=name,
                 status_code=404,
             )
@@ -351,11 +391,13 @@ class DevSecretStore:
         _check_value(name, value)
         with self._lock:
             self._values[name.lower()] = value
+            self._save()
 
     def delete(self, name: str) -> None:
         _check_name(name)
         with self._lock:
-            self._values.pop(name.lower(), None)
+            if self._values.pop(name.lower(), None) is not None:
+                self._save()
 
 
 def secret_store_from_settings(settings: Settings) -> SecretStore:
@@ -369,9 +411,11 @@ def secret_store_from_settings(settings: Settings) -> SecretStore:
         )
     if settings.dev_mode:
         store = DevSecretStore(settings)
-        logger.warning(
-            "KEY_VAULT_URL is not set: Omnisend API keys are kept in memory for development only and are "
-            "lost when the process stops."
-        )
+        if settings.dev_secrets_file:
+            logger.warning("KEY_VAULT_URL is not set: Omnisend API keys are kept in %s, for development only.",
+                           settings.dev_secrets_file)
+        else:
+            logger.warning("KEY_VAULT_URL is not set: Omnisend API keys are kept in memory for development only "
+                           "and are lost when the process stops.")
         return store
     raise ConfigurationError(NO_VAULT_MESSAGE)
