@@ -123,8 +123,9 @@ def build_world(modes: dict[str, Services], source: Source) -> dict[str, Side]:
 
 
 def export_body(side: Side, source: Source, name: str = "Changed") -> dict:
+    """An export body with a tag of its own: the world has several exports of one segment per connection."""
     return {"name": name, "connectionId": side.connection.id, "source": source.to_api(), "mapping": MAPPING,
-            "enabled": True}
+            "enabled": True, "tag": f"{name} {uuid.uuid4().hex[:8]}"}
 
 
 # --- endpoints -----------------------------------------------------------------------------------

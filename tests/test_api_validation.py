@@ -54,15 +54,20 @@ def conn(module_services):
     return create_connection(TEST_API_KEY, name=f"Validation {uuid.uuid4().hex[:6]}")
 
 
+def unique_tag() -> str:
+    """The tests save many exports of one segment on one connection: each needs its own tag."""
+    return f"VIP {uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture
 def export(conn, container):
-    return create_export(conn["id"], container, "ci", "VIP", mapping=MAPPING)
+    return create_export(conn["id"], container, "ci", "VIP", mapping=MAPPING, tag=unique_tag())
 
 
 def export_body(conn, container, **changes) -> dict:
     body = {"name": "VIP to Omnisend", "connectionId": conn["id"],
             "source": {"container": container, "folder": "ci", "segment": "VIP"}, "mapping": dict(MAPPING),
-            "enabled": True}
+            "enabled": True, "tag": unique_tag()}
     body.update(changes)
     return body
 
