@@ -167,3 +167,21 @@ def test_thresholds_are_whole_percentages(services, conn, segment_container, val
             "name": "x", "connectionId": conn, "mapping": MAPPING, name: value,
             "source": {"container": segment_container.container_name, "folder": "ci", "segment": SEG}})
         assert status == 400 and [e["field"] for e in body["errors"]] == [name], body
+
+
+def test_the_timer_does_not_start_a_held_refresh_again_at_every_tick(services, workers, sandbox, conn,
+                                                                     segment_container):
+    from exporter.lifecycle.schedule import run_schedule
+
+    export = first_run(conn, segment_container, sandbox, 10)
+    put(segment_container, part(time=minutes_ago(30)), rows(*people(1, 3)))  # 7 of 10 leave
+    (started,) = run_schedule(services).started
+    held = wait_for_run(started.id, timeout=60)
+    assert held["status"] == "failed" and held["heldByThreshold"] and held["trigger"] == "schedule"
+    for _ in range(2):  # the same refresh would stop the same way: left for a person to confirm
+        tick = run_schedule(services)
+        assert tick.started == [] and tick.held == [export["id"]]
+    assert len(services.runs.list(export["id"])) == 2
+    confirmed = run(export, confirm=True)
+    assert confirmed["status"] == "succeeded" and confirmed["counts"]["untagged"] == 7
+    assert run_schedule(services).started == []  # exported now: up to date

@@ -2,15 +2,16 @@
 
 A refresh is identified by its folder and the ETags of its blobs (``Refresh.fingerprint``). It is
 exported once: an export whose last successful run had the same fingerprint is left alone, however
-often the timer fires.
+often the timer fires; so is one whose latest run of that refresh stopped for good (held by a safety
+threshold, or without a valid row), until a person acts or a new refresh comes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import segments
-from ..domain import Export, Run, Trigger
+from ..domain import Export, Run, RunStatus, Trigger
 from ..logs import get_logger
 from ..services import Services
 from .connections import purge_retired
@@ -27,6 +28,7 @@ class TickResult:
     up_to_date: list[str]
     errors: dict[str, str]  # export id -> why it could not be checked
     stuck: list[str]  # run ids that show no progress (see stuck.stuck_reason)
+    held: list[str] = field(default_factory=list)  # export ids whose refresh stopped for good: a person acts
 
 
 def run_schedule(svc: Services) -> TickResult:
@@ -48,6 +50,13 @@ def run_schedule(svc: Services) -> TickResult:
     return result
 
 
+def stopped_for_good(run: Run) -> bool:
+    """A run that stopped before sending for a reason its refresh will always have: a safety threshold
+    held it (a person confirms it, or raises the threshold), or not one of its rows was valid."""
+    c = run.counts
+    return run.status is RunStatus.FAILED and (run.held or (c.read > 0 and c.queued == 0 and c.skipped == 0))
+
+
 def _consider(svc: Services, export: Export, result: TickResult) -> None:
     container = svc.clients.segment_container(export.source.container)
     try:
@@ -64,6 +73,10 @@ def _consider(svc: Services, export: Export, result: TickResult) -> None:
     last = last_succeeded_run(svc, export.id)
     if last is not None and last.refresh_fingerprint == refresh.fingerprint:
         result.up_to_date.append(export.id)
+        return
+    latest = next(iter(svc.runs.list(export.id, limit=1)), None)
+    if latest is not None and latest.refresh_fingerprint == refresh.fingerprint and stopped_for_good(latest):
+        result.held.append(export.id)  # running it again would stop the same way, at every tick
         return
     if active_run(svc, export.id) is not None:
         result.up_to_date.append(export.id)  # the running run will be compared on the next tick
