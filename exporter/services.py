@@ -18,6 +18,7 @@ from . import config
 from .config import Settings, load_settings
 from .domain import Connection, utcnow
 from .omnisend import OmnisendClient
+from .omnisend.client import key_id
 from .omnisend.pacing import Budget, RateLimiter
 from .state.batches import BatchRepository
 from .state.clients import StorageClients
@@ -30,7 +31,7 @@ from .state.queues import BatchQueue, RunQueue, WorkQueue
 from .state.rate_budgets import RateBudgets
 from .state.reports import ReportRepository
 from .state.runs import RunRepository
-from .state.secrets import SecretStore, secret_store_from_settings
+from .state.secrets import SecretStore, SecretStoreError, secret_store_from_settings
 from .state.spools import Spools
 from .state.tally import TallyRepository
 
@@ -120,6 +121,18 @@ class Services:
                 pacer=self.limiter.pacer(connection.id) if self.limiter else None,
             )
         return client
+
+    def key_rotated(self, connection_id: str, used_key_id: str) -> bool:
+        """Whether the store now holds another key for the connection than the one a call used (read
+        afresh, past the cache): a 401 right after a key was replaced is the old key's, not the new."""
+        conn = self.connections.get(connection_id)
+        if conn is None:
+            return False
+        self.secrets.forget(conn.secret_name)
+        try:
+            return key_id(self.secrets.get(conn.secret_name)) != used_key_id
+        except SecretStoreError:
+            return False
 
     def omnisend_with_key(self, api_key: str) -> OmnisendClient:
         """A one-off client for a key that is not stored yet (the connect check)."""

@@ -458,3 +458,29 @@ def test_safety_thresholds_are_set_in_the_form_and_a_held_run_is_sent_with_run_a
     assert [r.status.value for r in runs] == ["partiallySucceeded", "failed"] and runs[0].confirm
     assert len(sandbox.contacts(TEST_BRAND)) == runs[0].counts.confirmed > 0
     assert page.get_by_role("button", name="Run anyway").count() == 0  # only the newest run, when held
+
+
+def test_a_connection_is_edited_and_its_key_replaced_after_omnisend_accepts_it(page, workers, sandbox, services):
+    new_key = "sandbox-rotated-key-9876543210"
+    sandbox.add_api_key(new_key, TEST_BRAND)
+    conn = create_connection(TEST_API_KEY, name="Old name")
+    open_console(page, workers)
+    page.get_by_role("link", name="Connections").click()
+    page.get_by_role("button", name="Edit connection Old name").click()
+    form = page.locator("#connection-edit-form")
+    assert form.get_by_label("New Omnisend API key (optional)").input_value() == ""  # write-only: never shown
+    form.get_by_label("Display name").fill("EU store")
+    form.get_by_label("Admins and contributors").check()
+    form.get_by_label("New Omnisend API key (optional)").fill("wrong-key-123")
+    form.get_by_role("button", name="Save changes").click()
+    form.locator("[role=alert]").get_by_text("apiKey: Omnisend rejected this API key").wait_for()
+    assert form.get_by_label("New Omnisend API key (optional)").input_value() == ""  # not kept in the page
+    assert services.connections.get(conn["id"]).display_name == "Old name"  # nothing was saved
+    form.get_by_label("New Omnisend API key (optional)").fill(new_key)
+    form.get_by_role("button", name="Save changes").click()
+    page.get_by_text("Omnisend accepted the new API key", exact=False).wait_for()
+    stored = services.connections.get(conn["id"])
+    assert stored.display_name == "EU store" and stored.allow_contributors
+    assert services.secrets.get(stored.secret_name) == new_key and new_key not in page.content()
+    page.locator("#connection-list tbody tr").get_by_text("EU store").wait_for()
+    assert not unlabelled_controls(page)

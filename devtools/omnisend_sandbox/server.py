@@ -418,6 +418,11 @@ class OmnisendSandbox:
         with self.lock:
             self.keys[key] = brand
 
+    def revoke_api_key(self, key: str) -> None:
+        """The key is deleted in Omnisend's settings: from now on every request with it is answered 401."""
+        with self.lock:
+            self.keys.pop(key, None)
+
     def contacts(self, brand: str) -> list[dict]:
         with self.lock:
             b = self._brands.get(brand)
@@ -1378,6 +1383,9 @@ class SandboxServer:
 
     def add_api_key(self, key: str, brand: str) -> None:
         self.app.add_api_key(key, brand)
+
+    def revoke_api_key(self, key: str) -> None:
+        self.app.revoke_api_key(key)
 
     def contacts(self, brand: str) -> list[dict]:
         """Stored contacts of ``brand`` (deep copies, ContactResponse shape), in creation order."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..domain import Connection, new_id
 from ..lifecycle.connections import remove_connection
 from ..omnisend import OmnisendAuthError, OmnisendError, OmnisendUnavailable
@@ -46,22 +48,14 @@ def list_connections(svc: Services, caller: Caller, req: ApiRequest) -> ApiRespo
     return ApiResponse(200, {"connections": [_connection_summary(c) for c in found if caller.may_use(c)]})
 
 
-def create_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
-    """Check the key with Omnisend ("Connect"), then store it; with ``?dryRun=true`` only check: the same
-    validation and the same key check, and nothing is stored."""
-    require_admin(caller, "create connections")
-    data = validate(req.json(), CONNECTION_SPEC)
-    name = data["displayName"].strip()
-    if any(c.display_name.casefold() == name.casefold() for c in svc.connections.list()):
-        raise BadRequest("The request has invalid fields.",
-                         [{"field": "displayName", "code": "duplicate", "message": f"a connection named {name!r} exists"}])
-    api_key = data["apiKey"].strip()
-    try:  # "Connect": one cheap authenticated call before anything is saved
+def _check_key(svc: Services, api_key: str, unsaved: str = "nothing was saved") -> ApiResponse | None:
+    """"Connect": one cheap authenticated call with the key; a problem answer when it does not work."""
+    try:
         with svc.omnisend_with_key(api_key) as client:
             client.check_key()
     except OmnisendAuthError:
-        return problem(422, "API key rejected", "Omnisend rejected this API key; the connection was not saved. "
-                       "Copy a valid key from Omnisend (Store settings > API keys).",
+        return problem(422, "API key rejected", f"Omnisend rejected this API key; {unsaved}. Copy a valid key "
+                       "from Omnisend (Store settings > API keys).",
                        errors=[{"field": "apiKey", "code": "rejected", "message": "Omnisend rejected this API key"}])
     except OmnisendUnavailable as e:
         if e.status is None:
@@ -71,6 +65,26 @@ def create_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiResp
                        "saved. Try again later.")
     except OmnisendError as e:
         return problem(502, "Omnisend error", f"Omnisend answered the key check with an error: {e} Nothing was saved.")
+    return None
+
+
+def _refuse_duplicate_name(svc: Services, name: str, connection_id: str | None = None) -> None:
+    if any(c.display_name.casefold() == name.casefold() and c.id != connection_id for c in svc.connections.list()):
+        raise BadRequest("The request has invalid fields.",
+                         [{"field": "displayName", "code": "duplicate", "message": f"a connection named {name!r} exists"}])
+
+
+def create_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    """Check the key with Omnisend ("Connect"), then store it; with ``?dryRun=true`` only check: the same
+    validation and the same key check, and nothing is stored."""
+    require_admin(caller, "create connections")
+    data = validate(req.json(), CONNECTION_SPEC)
+    name = data["displayName"].strip()
+    _refuse_duplicate_name(svc, name)
+    api_key = data["apiKey"].strip()
+    rejected = _check_key(svc, api_key, "the connection was not saved")
+    if rejected is not None:
+        return rejected
     if flag(req, "dryRun"):  # "Connect" without saving: the same checks, nothing stored
         return ApiResponse(200, {"dryRun": True, "displayName": name, "keyAccepted": True,
                                  "detail": "Omnisend accepted the API key. Nothing was saved."})
@@ -89,6 +103,40 @@ def create_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiResp
     svc.connections.put(conn)
     log.info("connection created", extra={"connection_id": conn.id})
     return ApiResponse(201, conn.to_api(), headers={"Location": f"{req.base_url()}/connections/{conn.id}"})
+
+
+# PATCH: any of these, each validated as when creating; consent is given once, at creation.
+UPDATE_SPEC = tuple(dataclasses.replace(f, required=False) for f in CONNECTION_SPEC if f.name != "dataPrivacyConsent")
+
+
+def update_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    """Change a connection: its name, who may use it, its contract limit, or its key. A new key is
+    checked with Omnisend first and stored as a new version of the same secret; workers read it
+    within SECRET_CACHE_SECONDS, or at once when Omnisend refuses the old one. Turning contributors
+    off stops them from running its exports from the next request on (access is checked each time)."""
+    require_admin(caller, "change connections")
+    conn = _get_connection(svc, req.route_params["id"])
+    data = validate(req.json(), UPDATE_SPEC)
+    if not data:
+        raise BadRequest("Nothing to change.", [{"field": "(body)", "code": "empty", "message":
+                         "give at least one of displayName, allowContributors, apiKey, maxProfilesPerExport"}])
+    if "displayName" in data:
+        conn.display_name = data["displayName"].strip()
+        _refuse_duplicate_name(svc, conn.display_name, conn.id)
+    if "allowContributors" in data:
+        conn.allow_contributors = data["allowContributors"]
+    if "maxProfilesPerExport" in data:
+        conn.max_profiles_per_export = data["maxProfilesPerExport"]
+    if "apiKey" in data:
+        api_key = data["apiKey"].strip()
+        rejected = _check_key(svc, api_key, "nothing was changed and the old key stays")
+        if rejected is not None:
+            return rejected
+        svc.secrets.set(conn.secret_name, api_key)  # a new version of the same Key Vault secret
+    svc.connections.put(conn)
+    changed = sorted(k for k in data if k != "apiKey") + (["apiKey (rotated)"] if "apiKey" in data else [])
+    log.info("connection changed: %s", ", ".join(changed), extra={"connection_id": conn.id})
+    return ApiResponse(200, conn.to_api())
 
 
 def get_connection(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:

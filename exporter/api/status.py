@@ -8,6 +8,7 @@ from .. import config
 from ..domain import iso
 from ..lifecycle.stuck import stuck_reason
 from ..services import Services
+from ..state.secrets import SecretAccessDeniedError, SecretNotFoundError, SecretStoreError, SecretStoreUnavailableError
 from .access import Caller, require_member
 from .http import ApiRequest, ApiResponse
 from .runs import visible_runs
@@ -39,9 +40,35 @@ def health(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     for q, n in poison.items():
         if n:
             problems.append(f"{n} message(s) wait in {q}.")
+    keys = _connection_keys(svc, caller)
+    problems += [k["detail"] for k in keys if k["key"] != "ok"]
     body = {"status": "degraded" if problems else "ok", "problems": problems, "lastTimerTick": iso(last_tick),
-            "stuckRuns": stuck, "poisonMessages": poison}
+            "stuckRuns": stuck, "poisonMessages": poison, "connectionKeys": keys}
     return ApiResponse(200, body)
+
+
+def _connection_keys(svc: Services, caller: Caller) -> list[dict]:
+    """Whether each connection the caller may use can read its API key: "ok", "missing" (store it
+    again), "denied" (the app's identity lacks the Key Vault role; after a deployment, wait minutes)
+    or "unavailable" (Key Vault unreachable or failing: transient). Never the key itself."""
+    out = []
+    for conn in svc.connections.list():
+        if not caller.may_use(conn):
+            continue
+        state, detail = "ok", ""
+        try:
+            svc.secrets.get(conn.secret_name)
+        except SecretNotFoundError:
+            state, detail = "missing", (f"Connection {conn.display_name!r} has no API key in the key store: store it "
+                                        f"again (PATCH /api/connections/{conn.id} with apiKey; console: Edit).")
+        except SecretAccessDeniedError as e:
+            state, detail = "denied", f"Connection {conn.display_name!r}: {e}"
+        except SecretStoreUnavailableError as e:
+            state, detail = "unavailable", f"Connection {conn.display_name!r}: {e}"
+        except SecretStoreError as e:
+            state, detail = "error", f"Connection {conn.display_name!r}: {e}"
+        out.append({"connectionId": conn.id, "displayName": conn.display_name, "key": state, "detail": detail})
+    return out
 
 
 # --- the caller and the segments (what the console needs to fill its forms) --------------------

@@ -56,9 +56,9 @@ def connections(req: func.HttpRequest) -> func.HttpResponse:
     return serve(req, GET=api.list_connections, POST=api.create_connection)
 
 
-@bp.route(route="connections/{id}", methods=["GET", "DELETE"], auth_level=ANON)
+@bp.route(route="connections/{id}", methods=["GET", "PATCH", "DELETE"], auth_level=ANON)
 def connection(req: func.HttpRequest) -> func.HttpResponse:
-    return serve(req, GET=api.get_connection, DELETE=api.delete_connection)
+    return serve(req, GET=api.get_connection, PATCH=api.update_connection, DELETE=api.delete_connection)
 
 
 @bp.route(route="exports", methods=["GET", "POST"], auth_level=ANON)

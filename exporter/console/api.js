@@ -88,6 +88,7 @@ export class Api {
   get(path, query) { return this.request("GET", path, { query }); }
   post(path, body, query) { return this.request("POST", path, { body, query }); }
   put(path, body) { return this.request("PUT", path, { body }); }
+  patch(path, body) { return this.request("PATCH", path, { body }); }
   delete(path) { return this.request("DELETE", path); }
 
   // A file the API sends (the rejected rows); fetched with the caller's identity, handed over as a blob.

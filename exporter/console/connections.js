@@ -1,4 +1,5 @@
-// The connections view (Admin): list, remove, and the form that checks a key with Omnisend first.
+// The connections view (Admin): list, edit (name, audience, limit, a new key), remove, and the form
+// that checks a key with Omnisend first.
 
 import { CONSENT_TEXT, alertBox, busy, clearProblem, current, field, fmtNumber, fmtTime, focusHeading, h, say, showProblem, state, statusBox } from "./common.js";
 
@@ -8,12 +9,15 @@ export async function connectionsView(main) {
   const view = state.view;
   const listBox = h("div", { id: "connection-list" }, h("p", { class: "loading" }, "Loading connections…"));
   const listProblem = alertBox();
+  const saved = statusBox();
+  saved.id = "connection-saved";
   main.append(
     h("h1", {}, "Connections"),
     h("p", { class: "lead" },
       "A connection is an Omnisend store that exports send contacts to. It holds the store's API key (kept in " +
       "Azure Key Vault, never shown again) and says who may use it. Only admins see this page."),
-    h("section", { "aria-labelledby": "connections-h" }, h("h2", { id: "connections-h" }, "Your connections"), listProblem, listBox),
+    h("section", { "aria-labelledby": "connections-h" }, h("h2", { id: "connections-h" }, "Your connections"), listProblem, saved,
+      listBox),
     connectionForm(() => loadConnections(listBox, listProblem, view)),
   );
   focusHeading(main);
@@ -35,10 +39,17 @@ async function loadConnections(listBox, problemBox, view) {
     listBox.replaceChildren(h("p", {}, "No connections yet. Add one below."));
     return;
   }
+  const editBox = h("div", { id: "connection-edit" });
+  const reload = () => loadConnections(listBox, problemBox, view);
   const rows = data.connections.map((c) => {
     const actions = h("td", { class: "actions" });
+    const editButton = h("button", { type: "button", "aria-label": `Edit connection ${c.displayName}` }, "Edit");
     const removeButton = h("button", { type: "button", class: "danger", "aria-label": `Remove connection ${c.displayName}` }, "Remove");
-    actions.append(removeButton);
+    actions.append(editButton, " ", removeButton);
+    editButton.addEventListener("click", () => {
+      editBox.replaceChildren(editForm(c, reload, () => { editBox.replaceChildren(); editButton.focus(); }));
+      editBox.querySelector("input").focus();
+    });
     removeButton.addEventListener("click", () => confirmRemoval(actions, c, () => loadConnections(listBox, problemBox, view), problemBox));
     return h("tr", { dataset: { connectionId: c.id } },
       h("th", { scope: "row" }, c.displayName),
@@ -50,7 +61,58 @@ async function loadConnections(listBox, problemBox, view) {
   listBox.replaceChildren(h("table", { class: "grid" },
     h("caption", { class: "visually-hidden" }, "Connections"),
     h("thead", {}, h("tr", {}, ["Name", "Who may use it", "Consent given by", "Profiles per export", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
-    h("tbody", {}, rows)));
+    h("tbody", {}, rows)), editBox);
+}
+
+
+// Editing a connection: only what changed is sent (PATCH). A new API key is write-only: the field
+// starts empty, the app checks the key with Omnisend before it replaces the old one, and the page
+// forgets it once sent.
+function editForm(c, reload, close) {
+  const problem = alertBox();
+  const name = h("input", { id: "edit-name", type: "text", required: true, maxlength: "100", value: c.displayName, "data-field": "displayName" });
+  const adminsOnly = h("input", { id: "edit-admins-only", type: "radio", name: "edit-audience", checked: !c.allowContributors, "data-field": "allowContributors" });
+  const contributors = h("input", { id: "edit-contributors", type: "radio", name: "edit-audience", checked: c.allowContributors });
+  const maxProfiles = h("input", { id: "edit-max", type: "number", min: "1", step: "1", inputmode: "numeric", value: c.maxProfilesPerExport ?? "", "data-field": "maxProfilesPerExport" });
+  const key = h("input", { id: "edit-key", type: "password", autocomplete: "off", spellcheck: "false", "data-field": "apiKey" });
+  const save = h("button", { type: "submit", class: "primary" }, "Save changes");
+  const cancel = h("button", { type: "button" }, "Cancel");
+  const form = h("form", { id: "connection-edit-form", class: "card", novalidate: true, "aria-labelledby": "edit-h" },
+    h("h3", { id: "edit-h" }, `Edit ${c.displayName}`),
+    field("edit-name", "Display name", name),
+    h("fieldset", {},
+      h("legend", {}, "Who may use it"),
+      h("div", { class: "choice" }, adminsOnly, h("label", { for: "edit-admins-only" }, "Admins only")),
+      h("div", { class: "choice" }, contributors, h("label", { for: "edit-contributors" }, "Admins and contributors"))),
+    field("edit-max", "Most profiles per export (optional)", maxProfiles),
+    field("edit-key", "New Omnisend API key (optional)", key,
+      "Leave empty to keep the current key. A new key is checked with Omnisend (Connect) before it replaces the old one."),
+    problem,
+    h("div", { class: "buttons" }, save, cancel));
+  cancel.addEventListener("click", close);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearProblem(problem, form);
+    const changes = {};
+    if (name.value.trim() !== c.displayName) changes.displayName = name.value.trim();
+    if (contributors.checked !== c.allowContributors) changes.allowContributors = contributors.checked;
+    if (maxProfiles.value !== "" && Number(maxProfiles.value) !== c.maxProfilesPerExport) changes.maxProfilesPerExport = Number(maxProfiles.value);
+    if (key.value.trim()) changes.apiKey = key.value.trim();
+    if (!Object.keys(changes).length) { close(); return; }
+    busy(save, true);
+    try {
+      const saved = await state.api.patch(`connections/${encodeURIComponent(c.id)}`, changes);
+      key.value = "";
+      await reload();
+      say(document.querySelector("#connection-saved"), `Connection "${saved.displayName}" saved.` +
+        (changes.apiKey ? " Connected: Omnisend accepted the new API key, which replaces the old one." : ""));
+    } catch (err) {
+      key.value = ""; // a key is never kept in the page, rejected or not
+      showProblem(problem, err, form);
+      busy(save, false);
+    }
+  });
+  return form;
 }
 
 

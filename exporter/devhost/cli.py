@@ -203,8 +203,30 @@ def _remove_connection(api: ApiClient, args) -> None:
     print(f"Connection {args.id} removed; its exports are disabled.")
 
 
+def _update_connection(api: ApiClient, args) -> None:
+    body: dict = {}
+    if args.name is not None:
+        body["displayName"] = args.name
+    if args.contributors is not None:
+        body["allowContributors"] = args.contributors
+    if args.max_profiles is not None:
+        body["maxProfilesPerExport"] = args.max_profiles
+    if args.key_stdin:
+        key = sys.stdin.readline().strip()
+        if not key:
+            raise SystemExit("--key-stdin: no API key on standard input (give it as one line).")
+        body["apiKey"] = key
+    if not body:
+        raise SystemExit("Nothing to change: give --name, --key-stdin, --contributors/--admins-only or --max-profiles.")
+    print(json.dumps(api.request("PATCH", f"connections/{args.id}", body), indent=2))
+    if args.key_stdin:
+        print("Omnisend accepted the new API key; it replaces the old one (workers read it within "
+              "SECRET_CACHE_SECONDS, or at once when Omnisend refuses the old one).", file=sys.stderr)
+
+
 def cmd_connections(args) -> int:
-    actions = {"add": _add_connection, "list": _list_connections, "remove": _remove_connection}
+    actions = {"add": _add_connection, "list": _list_connections, "remove": _remove_connection,
+               "update": _update_connection}
     actions[args.action](ApiClient(args.url), args)
     return 0
 
@@ -286,7 +308,19 @@ def _export_add_options(add: argparse.ArgumentParser) -> None:
                      help="a run with a larger share of rejected rows stops before sending (default 50; 100: off)")
 
 
-def _resource_command(sub, name: str, help: str, fn, add_options, id_actions: tuple[str, ...]) -> None:
+def _connection_update_options(update: argparse.ArgumentParser) -> None:
+    update.add_argument("--name", help="a new display name")
+    update.add_argument("--key-stdin", action="store_true",
+                        help="read a new API key from standard input (one line); it is checked with Omnisend first")
+    who = update.add_mutually_exclusive_group()
+    who.add_argument("--contributors", dest="contributors", action="store_true", default=None,
+                     help="let contributors use it")
+    who.add_argument("--admins-only", dest="contributors", action="store_false", help="admins only")
+    update.add_argument("--max-profiles", type=int)
+
+
+def _resource_command(sub, name: str, help: str, fn, add_options, id_actions: tuple[str, ...],
+                      more: dict | None = None) -> None:
     """A command with the actions ``add`` (its options set by ``add_options``), ``list`` and each of
     ``id_actions``, which take an ID. --url is accepted before or after the action (``connections
     --url U list`` and ``connections list --url U``)."""
@@ -299,6 +333,10 @@ def _resource_command(sub, name: str, help: str, fn, add_options, id_actions: tu
     for action in id_actions:
         parsers.append(actions.add_parser(action))
         parsers[-1].add_argument("id")
+    for action, options in (more or {}).items():  # actions on one ID, with options of their own
+        parsers.append(actions.add_parser(action))
+        parsers[-1].add_argument("id")
+        options(parsers[-1])
     for parser in parsers:
         _url_option(parser, argparse.SUPPRESS)
     command.set_defaults(fn=fn)
@@ -321,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=cmd_serve)
 
     _resource_command(sub, "connections", "manage Omnisend connections", cmd_connections, _connection_add_options,
-                      ("remove",))
+                      ("remove",), {"update": _connection_update_options})
     _resource_command(sub, "exports", "manage exports", cmd_exports, _export_add_options, ("show", "remove"))
 
     r = sub.add_parser("run", help="run an export now")

@@ -20,6 +20,7 @@ Typical use::
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from typing import Any, Callable
@@ -76,6 +77,11 @@ class OmnisendClient:
 
     def __repr__(self) -> str:
         return f"OmnisendClient(base_url={self.base_url!r}, timeout={self.timeout!r})"
+
+    @property
+    def key_id(self) -> str:
+        """Which key this client sends, as ``key_id`` names it (to notice a rotated key; never the key)."""
+        return key_id(self._api_key)
 
     # ---- lifecycle ----
 
@@ -244,6 +250,11 @@ class OmnisendClient:
 
     def _scrub(self, text: str) -> str:
         return scrub(text.replace(self._api_key, "***")) if self._api_key and text else text
+
+
+def key_id(api_key: str) -> str:
+    """A short one-way digest of a key: tells two keys apart without holding either."""
+    return hashlib.sha256(api_key.strip().encode()).hexdigest()[:16]
 
 
 def _request_went_out(exc: requests.ConnectionError) -> bool:

@@ -64,7 +64,16 @@ class SecretStoreError(RuntimeError):
 
 
 class SecretNotFoundError(SecretStoreError):
-    """No (enabled, current) secret of that name exists."""
+    """No (enabled, current) secret of that name exists: the connection needs its key again."""
+
+
+class SecretAccessDeniedError(SecretStoreError):
+    """Key Vault refused the app's identity (401/403), or no token could be had. Right after a
+    deployment this is usually a role assignment still propagating (minutes): retry for a while."""
+
+
+class SecretStoreUnavailableError(SecretStoreError):
+    """Key Vault could not be reached, or is throttling or failing (429, 5xx): transient, retry."""
 
 
 @runtime_checkable
@@ -75,6 +84,10 @@ class SecretStore(Protocol):
 
     def delete(self, name: str) -> None:
         """Delete the secret; deleting a secret that does not exist is not an error."""
+        ...
+
+    def forget(self, name: str) -> None:
+        """Drop any cached value: the next ``get`` reads the store (a key rotated elsewhere)."""
         ...
 
 
@@ -165,6 +178,9 @@ class KeyVaultSecretStore:
     def _forget(self, key: str) -> None:
         with self._lock:
             self._cache.pop(key, None)
+
+    def forget(self, name: str) -> None:
+        self._forget(_check_name(name).lower())
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -258,7 +274,7 @@ class KeyVaultSecretStore:
         vault = self.vault_url
         role = ROLE_READ if action == "read" else ROLE_WRITE
         if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
-            return SecretStoreError(
+            return SecretStoreUnavailableError(
                 f"Key Vault unreachable: could not {action} secret {name!r} at {vault} "
                 f"({type(exc).__name__}: {str(exc.message)[:300]}). Check KEY_VAULT_URL, DNS/private "
                 "endpoint and network rules of the vault, then retry.",
@@ -266,7 +282,7 @@ class KeyVaultSecretStore:
             )
         if isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) is None:
             # Raised by the credential itself: no token could be obtained.
-            return SecretStoreError(
+            return SecretAccessDeniedError(
                 f"Could not get a Microsoft Entra token to {action} secret {name!r} in Key Vault {vault}: "
                 f"{exc.message}. In Azure, check that the app has a "
                 "managed identity and that AzureWebJobsStorage__clientId / AZURE_CLIENT_ID names it; "
@@ -281,7 +297,7 @@ class KeyVaultSecretStore:
             if request_id:
                 detail += f", x-ms-request-id {request_id}"
             if status in (401, 403):
-                return SecretStoreError(
+                return SecretAccessDeniedError(
                     f"The app identity lacks the Key Vault role to {action} secret {name!r} in {vault} "
                     f"({detail}). Assign the '{role}' role on the vault to the app's managed identity "
                     "(the vault must use Azure RBAC, enableRbacAuthorization: true); new role assignments "
@@ -297,13 +313,12 @@ class KeyVaultSecretStore:
                     secret_name=name,
                     status_code=status,
                 )
-            return SecretStoreError(
+            transient = status is not None and (status >= 500 or status == 429)
+            kind = SecretStoreUnavailableError if transient else SecretStoreError
+            return kind(
                 f"Key Vault {vault} refused to {action} secret {name!r} ({detail}). "
-                + (
-                    "The service is busy or failing; retry later."
-                    if status is not None and (status >= 500 or status == 429)
-                    else "Check the secret name and the vault configuration."
-                ),
+                + ("The service is busy or failing; retry later." if transient
+                   else "Check the secret name and the vault configuration."),
                 secret_name=name,
                 status_code=status,
             )
@@ -398,6 +413,12 @@ class DevSecretStore:
         with self._lock:
             if self._values.pop(name.lower(), None) is not None:
                 self._save()
+
+    def forget(self, name: str) -> None:
+        """Nothing is cached in the process; a file another process changed is read again."""
+        if self._path is not None:
+            with self._lock:
+                self._values = self._load()
 
 
 def secret_store_from_settings(settings: Settings) -> SecretStore:

@@ -17,7 +17,7 @@ from ..messages import CheckBatch, SendBatch
 from ..omnisend import BatchInfo, BatchItemResult
 from ..services import Services
 from .accounting import commit, fail_accepted
-from .outcomes import HANDLED, MAX_CHECK_POLLS, Verdict, classify, key_rejected_message
+from .outcomes import HANDLED, MAX_CHECK_POLLS, Verdict, classify, key_problem_message
 from .send import schedule_check
 
 log = get_logger(__name__)
@@ -70,11 +70,11 @@ def _after_failed_check(svc: Services, message: CheckBatch, batch: Batch, etag: 
     outcome = classify(error)
     if outcome.verdict is Verdict.WAIT:
         schedule_check(svc, message, message.omnisend_batch_id, message.polls, delay=outcome.delay)
-    elif outcome.verdict is Verdict.BACK_OFF and polls < MAX_CHECK_POLLS:
+    elif outcome.verdict in (Verdict.BACK_OFF, Verdict.ACCESS_PENDING) and polls < MAX_CHECK_POLLS:
         schedule_check(svc, message, message.omnisend_batch_id, polls, delay=svc.backoff(min(polls, 6)))
     else:
         if outcome.verdict is Verdict.KEY_REJECTED:
-            fail_run(svc, message.run_id, key_rejected_message(svc, message.connection_id))
+            fail_run(svc, message.run_id, key_problem_message(svc, message.connection_id, outcome))
         fail_accepted(svc, batch, etag, REASON_OUTCOME_UNKNOWN, str(error))
 
 

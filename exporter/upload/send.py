@@ -47,11 +47,14 @@ def send_contacts(svc: Services, message: SendBatch) -> None:
     if connection is None:
         give_up_contacts(svc, message, REASON_NOT_SENT_CONNECTION, "the connection was removed")
         return
+    client = None
     try:
+        client = svc.omnisend(connection)
         wait = answer_timeout(svc.settings.omnisend_timeout_seconds, message.unanswered)
-        batch_id = svc.omnisend(connection).create_batch(message.contacts, origin=ORIGIN, timeout=wait)
+        batch_id = client.create_batch(message.contacts, origin=ORIGIN, timeout=wait)
     except HANDLED as e:
-        after_failed_send(svc, message, e, lambda reason, detail: give_up_contacts(svc, message, reason, detail))
+        after_failed_send(svc, message, e, lambda reason, detail: give_up_contacts(svc, message, reason, detail),
+                          used_key=client.key_id if client is not None else None)
         return
     size = message.size
     batch = Batch(run_id=run_id, number=number, size=size, status=BatchStatus.ACCEPTED,

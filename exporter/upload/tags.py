@@ -32,6 +32,7 @@ def send_tags(svc: Services, message: TagBatch) -> None:
         return
     if kind is BatchKind.UNTAGS and not _may_untag(svc, message):
         return
+    client = None
     try:
         client = svc.omnisend(connection)
         if kind is BatchKind.TAGS:
@@ -39,7 +40,8 @@ def send_tags(svc: Services, message: TagBatch) -> None:
         else:
             client.remove_tags([message.tag], message.emails)
     except HANDLED as e:
-        after_failed_send(svc, message, e, lambda reason, detail: give_up_tags(svc, message, detail))
+        after_failed_send(svc, message, e, lambda reason, detail: give_up_tags(svc, message, detail),
+                          used_key=client.key_id if client is not None else None)
         return
     size = message.size
     batch = Batch(run_id=message.run_id, number=message.number, size=size, kind=kind, status=BatchStatus.FINISHED,
