@@ -151,7 +151,7 @@ def cmd_serve(args) -> int:
     if args.host not in LOOPBACK:
         print(f"WARNING: serving on {args.host} in development mode: caller identities are not checked.",
               file=sys.stderr)
-    from ..config import load_settings
+    from ..config import ConfigurationError, load_settings
     from ..logs import configure_logging
     from ..services import build_services, set_services
     from .local_runner import LocalHost
@@ -162,7 +162,11 @@ def cmd_serve(args) -> int:
     os.environ["EXPORTER_DEV_MODE"] = "1"
     if not env.get("KEY_VAULT_URL"):  # keys outlive a restart of serve (owner-only file; never in Azure)
         env.setdefault("EXPORTER_DEV_SECRETS_FILE", DEV_SECRETS_FILE)
-    settings = load_settings(env)
+    try:
+        settings = load_settings(env)  # a schedule the host would refuse is refused here, before anything runs
+    except ConfigurationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     services = build_services(settings)
     services.clients.ensure_resources()
     set_services(services)
