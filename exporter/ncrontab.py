@@ -14,7 +14,8 @@ NCrontab's rules first and handed to croniter only in a form both read alike:
   (``January``, ``Jan``, ``Monday``, ``Mon``; the first name that starts with it wins);
 - a day and a day of the week both given must both match (NCrontab), not either (croniter's default,
   classic cron's rule): ``0 0 0 13 * Fri`` fires on Friday the 13th only;
-- nothing else: croniter's ``?``, ``L``, ``W``, ``#`` and ``H`` are refused, as NCrontab refuses them.
+- nothing else: croniter's ``?``, ``L``, ``W`` (nearest weekday), ``#`` and ``H`` are refused, as NCrontab
+  refuses them (``W`` alone in the day-of-week field is Wednesday's first letter, as in NCrontab).
 
 An expression that parses but never fires (``0 0 0 31 2 *``) is refused as well: the host accepts
 it and never runs the timer, which is never what was meant.
