@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
 
+from . import ncrontab
 from .omnisend import limits
 from .omnisend.limits import OMNISEND_API_VERSION, OMNISEND_DEFAULT_URL
 
@@ -100,6 +101,18 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def check_schedule(value: str, what: str = "Setting EXPORT_SCHEDULE") -> ncrontab.Schedule:
+    """The schedule of an NCRONTAB app setting; ConfigurationError naming the setting, its value and a
+    valid example when the Functions host would refuse it (or it never fires)."""
+    try:
+        return ncrontab.parse(value)
+    except ncrontab.ScheduleError as e:
+        raise ConfigurationError(
+            f"{what} must be an NCRONTAB schedule of six fields, {ncrontab.FORM}, got {value!r}: {e}. "
+            f"For example {ncrontab.EXAMPLE!r} (every 15 minutes) or '0 30 9 * * Mon-Fri' (9:30 on weekdays, UTC)."
+        ) from None
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     conn = env.get("AzureWebJobsStorage") or None
@@ -118,6 +131,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         timeout = float(timeout_raw)
     except ValueError:
         raise ConfigurationError(f"Setting OMNISEND_TIMEOUT_SECONDS must be a number, got {timeout_raw!r}.") from None
+    schedule = env.get("EXPORT_SCHEDULE") or DEFAULT_SCHEDULE
+    check_schedule(schedule)  # at start, as the host refuses to run the timer with a schedule it cannot read
     reader = (env.get("PLANNER_READER_PROCESS") or "auto").strip().lower()
     if reader not in ("auto", "on", "off"):
         raise ConfigurationError(f"Setting PLANNER_READER_PROCESS must be auto, on or off, got {reader!r}.")
@@ -130,7 +145,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         segments_blob_service_uri=env.get("SEGMENTS_BLOB_SERVICE_URI") or None,
         key_vault_url=env.get("KEY_VAULT_URL") or None,
         omnisend_api_url=env.get("OMNISEND_API_URL") or OMNISEND_DEFAULT_URL,
-        export_schedule=env.get("EXPORT_SCHEDULE") or DEFAULT_SCHEDULE,
+        export_schedule=schedule,
         refresh_settle_seconds=_int(env, "REFRESH_SETTLE_SECONDS", 120),
         secret_cache_seconds=_int(env, "SECRET_CACHE_SECONDS", 300),
         omnisend_timeout_seconds=timeout,

@@ -49,6 +49,11 @@ class Services:
     limiter: RateLimiter | None = None  # None: requests are not paced (Omnisend's 429s still are handled)
     clock: Callable[[], datetime] = utcnow
     backoff: Callable[[int], float] = jittered_backoff
+    # When this app started (its services were built): the timer's first tick is due after it (/api/health)
+    started_at: datetime | None = None
+    # Whether this app has a timer: under the Functions host it always has; the local runner without its
+    # timer (``serve --no-timer``) says it has not, and /api/health then does not wait for ticks
+    timer_enabled: bool = True
     _omnisend_clients: threading.local = field(default_factory=threading.local, repr=False)
     _connections: dict = field(default_factory=dict, repr=False)  # id -> (connection, read at)
     # the repositories, one per table or container (exporter/state), made from ``clients``
@@ -66,6 +71,8 @@ class Services:
     states: StateStore = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.started_at is None:
+            self.started_at = self.clock()
         c = self.clients
         self.connections = ConnectionRepository(c.table(config.TABLE_CONNECTIONS))
         self.exports = ExportRepository(c.table(config.TABLE_EXPORTS))

@@ -162,6 +162,8 @@ def test_a_retry_tags_the_contacts_it_confirms_and_only_those(services, workers,
 def test_health_reports_a_missing_timer_and_stuck_runs(services, sandbox, segment_container):
     from tests.apphelpers import call
 
+    overdue = services.started_at + timedelta(minutes=46)  # no tick since the app started, though one was due
+    services.clock = lambda: overdue
     status, body, _ = call("health", "GET", "health")
     assert status == 200 and body["status"] == "degraded" and "schedule has not run" in body["problems"][0]
     tick(TimerRequest(past_due=False))

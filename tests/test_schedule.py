@@ -130,3 +130,96 @@ def test_a_lock_whose_run_is_not_written_yet_is_held(services, sandbox, segment_
     except RunConflictError as e:
         assert e.active_run_id == first and e.active is None
     assert runs_of(export.id) == []
+
+
+# --- /api/health and the schedule: a tick is missing only once it is overdue ---------------------
+
+
+def schedule_problems(services):
+    from tests.apphelpers import call
+
+    status, body, _ = call("health", "GET", "health")
+    assert status == 200
+    return [p for p in body["problems"] if "schedule" in p.lower()]
+
+
+def test_a_fresh_stack_is_healthy_until_its_first_tick_is_overdue(services):
+    """Found on a fresh stack: health said 'the schedule has not run yet' the moment the app started,
+    15 minutes before its first tick was due. The first tick is due after the app's start."""
+    started = services.started_at
+    assert schedule_problems(services) == []
+    services.clock = lambda: started + timedelta(minutes=15)  # at most when the first tick is due
+    assert schedule_problems(services) == []
+    services.clock = lambda: started + timedelta(minutes=46)  # over 30 minutes late, whenever it was due
+    (problem,) = schedule_problems(services)
+    assert problem.startswith("The schedule has not run yet") and "scheduled exports are not starting" in problem
+
+
+def test_a_tick_overdue_by_more_than_the_grace_is_reported(services):
+    from exporter import config, ncrontab
+
+    tick(TimerRequest(past_due=False))
+    last = services.heartbeat.last()
+    due = ncrontab.parse(config.DEFAULT_SCHEDULE).next_after(last)  # the next tick: within 15 minutes
+    services.clock = lambda: due + timedelta(minutes=29)
+    assert schedule_problems(services) == []
+    services.clock = lambda: due + timedelta(minutes=31)
+    (problem,) = schedule_problems(services)
+    assert problem.startswith("The schedule has not run since ") and "scheduled exports are not starting" in problem
+
+
+def test_a_tick_that_came_before_the_app_started_is_not_late(services):
+    """A restarted app waits for its own first tick: the last one, from before it started, is old."""
+    services.heartbeat.record(services.started_at - timedelta(days=1))
+    assert schedule_problems(services) == []
+
+
+def test_lateness_follows_the_schedule(services):
+    """A daily schedule is not late 23 hours after its tick (a fixed 45 minutes said it was)."""
+    services.settings = dataclasses.replace(services.settings, export_schedule="0 30 9 * * *")
+    morning = datetime(2026, 11, 27, 9, 30, tzinfo=timezone.utc)
+    services.started_at = morning - timedelta(days=1)
+    services.heartbeat.record(morning)
+    services.clock = lambda: morning + timedelta(hours=23)
+    assert schedule_problems(services) == []
+    services.clock = lambda: morning + timedelta(days=1, minutes=31)
+    (problem,) = schedule_problems(services)
+    assert "has not run since 2026-11-27T09:30:00" in problem and "due at 2026-11-28T09:30:00" in problem
+
+
+def test_no_tick_is_waited_for_when_the_timer_is_off(services):
+    """``serve --no-timer`` runs no timer: health never reports the schedule."""
+    services.timer_enabled = False
+    services.clock = lambda: services.started_at + timedelta(days=3)
+    assert schedule_problems(services) == []
+
+
+def test_serve_is_healthy_at_start_with_and_without_its_timer(services, app_env, tmp_path):
+    """The stack as people start it: ``python -m exporter serve`` (and ``--no-timer``), then /api/health."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import requests
+
+    from tests.apphelpers import ADMIN
+    from tests.conftest import ROOT
+    from tests.test_app_crash import free_port
+
+    for flags in ([], ["--no-timer"]):
+        port = free_port()
+        env = {**os.environ, **app_env, "EXPORTER_DEV_SECRETS_FILE": str(tmp_path / "keys.json")}
+        proc = subprocess.Popen([sys.executable, "-m", "exporter", "serve", "--port", str(port), *flags], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            line = proc.stdout.readline()
+            assert line.startswith("Serving the exporter API on"), line + proc.stderr.read()
+            body = requests.get(f"http://127.0.0.1:{port}/api/health", headers=ADMIN, timeout=10).json()
+            assert body["status"] == "ok" and body["problems"] == [], (flags, body)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+    services.clock = lambda: services.started_at + timedelta(hours=1)  # no tick was recorded all along
+    assert schedule_problems(services)  # so a stack that stayed up an hour would say so

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from .. import config
+from ..config import ConfigurationError
 from ..domain import iso
 from ..lifecycle.stuck import stuck_reason
+from ..ncrontab import ScheduleError
 from ..services import Services
 from ..state.secrets import SecretAccessDeniedError, SecretNotFoundError, SecretStoreError, SecretStoreUnavailableError
 from .access import Caller, require_member
 from .http import ApiRequest, ApiResponse
 from .runs import visible_runs
 
-# A timer that has not run for this long is reported (the default schedule fires every 15 minutes).
-TIMER_LATE_AFTER = timedelta(minutes=45)
+# A tick is reported missing once it is this much later than the schedule said (with the default schedule,
+# every 15 minutes, a timer silent for 45 minutes).
+TIMER_GRACE = timedelta(minutes=30)
 
 
 def health(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
@@ -24,9 +27,9 @@ def health(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     now = svc.clock()
     problems: list[str] = []
     last_tick = svc.heartbeat.last()
-    if last_tick is None or now - last_tick > TIMER_LATE_AFTER:
-        problems.append("The schedule has not run " + ("yet" if last_tick is None else f"since {iso(last_tick)}")
-                        + ": scheduled exports are not starting. Check that the function app is running.")
+    late = _schedule_problem(svc, now, last_tick)
+    if late:
+        problems.append(late)
     stuck = []
     active = [r for r in (svc.runs.get(run_id) for _, run_id in svc.locks.held()) if r is not None and r.status.is_active]
     for run in visible_runs(svc, caller, active):  # a contributor sees runs of the connections they may use
@@ -69,6 +72,25 @@ def _connection_keys(svc: Services, caller: Caller) -> list[dict]:
             state, detail = "error", f"Connection {conn.display_name!r}: {e}"
         out.append({"connectionId": conn.id, "displayName": conn.display_name, "key": state, "detail": detail})
     return out
+
+
+def _schedule_problem(svc: Services, now: datetime, last_tick: datetime | None) -> str | None:
+    """Why the schedule looks stopped, or None: its next tick after the last one (or after this app
+    started, when that is later: a tick of this app cannot be due before it) is overdue by more than
+    TIMER_GRACE. An app without a timer (``serve --no-timer``) waits for no tick."""
+    if not svc.timer_enabled:
+        return None
+    try:
+        schedule = config.check_schedule(svc.settings.export_schedule)
+        since = max(t for t in (last_tick, svc.started_at) if t is not None)
+        due = schedule.next_after(since)
+    except (ConfigurationError, ScheduleError) as e:
+        return f"The schedule cannot run: {e}"
+    if now - due <= TIMER_GRACE:
+        return None
+    return ("The schedule has not run " + ("yet" if last_tick is None else f"since {iso(last_tick)}")
+            + f" (a tick was due at {iso(due)}): scheduled exports are not starting."
+            + " Check that the function app is running.")
 
 
 # --- the caller and the segments (what the console needs to fill its forms) --------------------

@@ -151,7 +151,7 @@ def cmd_serve(args) -> int:
     if args.host not in LOOPBACK:
         print(f"WARNING: serving on {args.host} in development mode: caller identities are not checked.",
               file=sys.stderr)
-    from ..config import load_settings
+    from ..config import ConfigurationError, load_settings
     from ..logs import configure_logging
     from ..services import build_services, set_services
     from .local_runner import LocalHost
@@ -162,8 +162,13 @@ def cmd_serve(args) -> int:
     os.environ["EXPORTER_DEV_MODE"] = "1"
     if not env.get("KEY_VAULT_URL"):  # keys outlive a restart of serve (owner-only file; never in Azure)
         env.setdefault("EXPORTER_DEV_SECRETS_FILE", DEV_SECRETS_FILE)
-    settings = load_settings(env)
+    try:
+        settings = load_settings(env)  # a schedule the host would refuse is refused here, before anything runs
+    except ConfigurationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     services = build_services(settings)
+    services.timer_enabled = not args.no_timer  # /api/health waits for no tick of a timer that is off
     services.clients.ensure_resources()
     set_services(services)
     _warn_about_missing_keys(services)
@@ -350,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=7071)
     s.add_argument("--workers", type=int, default=8, help="upload workers (default 8)")
-    s.add_argument("--no-timer", action="store_true", help="do not fire the schedule")
+    s.add_argument("--no-timer", action="store_true",
+                   help="do not fire the schedule (/api/health then waits for no tick)")
     s.add_argument("--lease-seconds", type=int, default=600,
                    help="how long a message a worker took stays hidden before another may take it (default 600, "
                         "as under the Functions host); a crashed app's messages come back after it")

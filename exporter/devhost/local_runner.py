@@ -15,7 +15,7 @@ import re
 import threading
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 from urllib.parse import parse_qsl, urlsplit
@@ -24,7 +24,7 @@ import azure.functions as func
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 
-from .. import config
+from .. import config, ncrontab
 from ..api.validation import MAX_BODY_BYTES
 from ..config import QueueRules
 from ..logs import get_logger
@@ -258,37 +258,10 @@ class QueuePump:
 # --- timer --------------------------------------------------------------------------------------
 
 
-def _cron_field(spec: str, lo: int, hi: int) -> frozenset[int]:
-    values: set[int] = set()
-    for part in spec.split(","):
-        rng, _, step = part.partition("/")
-        if rng == "*":
-            a, b = lo, hi
-        elif "-" in rng:
-            a, b = (int(x) for x in rng.split("-"))
-        else:
-            a = b = int(rng)
-            if step:
-                b = hi
-        values.update(range(a, b + 1, int(step) if step else 1))
-    return frozenset(values)
-
-
 def cron_next(schedule: str, after: datetime) -> datetime:
-    """Next time an NCRONTAB expression ({second} {minute} {hour} {day} {month} {day-of-week}) fires."""
-    sec, minute, hour, day, month, dow = schedule.split()
-    S, M, H = _cron_field(sec, 0, 59), _cron_field(minute, 0, 59), _cron_field(hour, 0, 23)
-    D, Mo, W = _cron_field(day, 1, 31), _cron_field(month, 1, 12), _cron_field(dow, 0, 6)
-    t = after.replace(microsecond=0) + timedelta(seconds=1)
-    cursor = t.replace(second=0)
-    for _ in range(366 * 24 * 60):
-        if cursor.month in Mo and cursor.day in D and (cursor.isoweekday() % 7) in W and cursor.hour in H and cursor.minute in M:
-            first = t.second if cursor == t.replace(second=0) else 0
-            seconds = [s for s in sorted(S) if s >= first]
-            if seconds:
-                return cursor.replace(second=seconds[0])
-        cursor += timedelta(minutes=1)
-    raise ValueError(f"schedule {schedule!r} never fires")
+    """Next time an NCRONTAB expression ({second} {minute} {hour} {day} {month} {day-of-week}) fires after
+    ``after``, read as the Functions host reads it (``exporter/ncrontab.py``)."""
+    return ncrontab.parse(schedule).next_after(after)
 
 
 def resolve_setting(value: str, env: dict) -> str:
@@ -296,11 +269,33 @@ def resolve_setting(value: str, env: dict) -> str:
     return re.sub(r"%(\w+)%", lambda m: env.get(m.group(1)) or {"EXPORT_SCHEDULE": config.DEFAULT_SCHEDULE}.get(m.group(1), ""), value)
 
 
-def timer_loop(schedule: str, handler: Callable, stop: threading.Event) -> None:
+def timer_schedule(name: str, schedule: str, env: dict) -> ncrontab.Schedule:
+    """Timer function ``name``'s schedule with its %NAME% references resolved; ConfigurationError naming
+    the setting (or the function) when the host would refuse it."""
+    setting = re.fullmatch(r"%(\w+)%", schedule.strip())
+    what = f"Setting {setting.group(1)}" if setting else f"The schedule of timer function {name}"
+    return config.check_schedule(resolve_setting(schedule, env), what)
+
+
+TIMER_RETRY_SECONDS = 60.0  # after the next time could not be computed (it is computed again then)
+
+
+def timer_loop(schedule: ncrontab.Schedule | str, handler: Callable, stop: threading.Event, *,
+               retry_seconds: float = TIMER_RETRY_SECONDS) -> None:
+    """Fire ``handler`` at each time of the schedule until ``stop`` is set. Nothing ends this thread but
+    ``stop``: a next time that cannot be computed is logged and tried again after ``retry_seconds``,
+    and a handler that fails is logged (as the host does; the next tick comes as scheduled)."""
     while not stop.is_set():
-        now = datetime.now(timezone.utc)
-        due = cron_next(schedule, now)
-        if stop.wait((due - now).total_seconds()):
+        try:
+            now = datetime.now(timezone.utc)
+            parsed = ncrontab.parse(schedule) if isinstance(schedule, str) else schedule
+            due = parsed.next_after(now)
+        except Exception:
+            log.exception("timer: the next time of schedule %r could not be computed; trying again in %.0f s",
+                          getattr(schedule, "expression", schedule), retry_seconds)
+            stop.wait(retry_seconds)
+            continue
+        if stop.wait(max(0.0, (due - now).total_seconds())):
             return
         try:
             handler(TimerRequest(past_due=False))
@@ -320,6 +315,10 @@ class LocalHost:
         import os
 
         self.index = FunctionIndex(app or load_app())
+        settings = env if env is not None else dict(os.environ)
+        # refused at start, before anything listens or runs, as the host refuses a schedule it cannot read
+        timers = [(name, timer_schedule(name, schedule, settings), handler)
+                  for name, schedule, handler in self.index.timers] if timer else []
         self.rules = config.queue_rules()
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -334,11 +333,9 @@ class LocalHost:
                 pump = QueuePump(clients, queue_name, handler, self.rules, lease_seconds, prefetch)
                 self.threads.append(threading.Thread(target=pump.work, args=(self.stop_event, idle),
                                                      name=f"{queue_name}-{i}", daemon=True))
-        if timer:
-            for name, schedule, handler in self.index.timers:
-                expr = resolve_setting(schedule, env if env is not None else dict(os.environ))
-                self.threads.append(threading.Thread(target=timer_loop, args=(expr, handler, self.stop_event),
-                                                     name=f"timer-{name}", daemon=True))
+        for name, parsed, handler in timers:
+            self.threads.append(threading.Thread(target=timer_loop, args=(parsed, handler, self.stop_event),
+                                                 name=f"timer-{name}", daemon=True))
         self.threads.append(threading.Thread(target=self.server.serve_forever, name="http", daemon=True))
 
     def start(self) -> "LocalHost":
