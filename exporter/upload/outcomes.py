@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
+from .. import telemetry
 from ..domain.reasons import (
     REASON_NOT_SENT_AUTH,
     REASON_NOT_SENT_CONNECTION,
@@ -81,6 +82,8 @@ class Outcome:
 def classify(error: Exception) -> Outcome:
     """What a failed call means (errors that are not Omnisend's or Key Vault's are not caught here)."""
     if isinstance(error, OmnisendRateLimited):
+        if error.status == 429:  # Omnisend's own answer, not our pacer's
+            telemetry.omnisend_throttled()
         return Outcome(Verdict.WAIT, delay=error.retry_after + random.uniform(0, 1), detail=str(error))
     if isinstance(error, OmnisendTransientError):
         return Outcome(Verdict.BACK_OFF, detail=str(error))
