@@ -2,7 +2,10 @@
 
 import azure.functions as func
 
+from exporter import telemetry
 from exporter.blueprints import console, http_api, schedule, workers
+
+telemetry.configure()  # OpenTelemetry to Azure Monitor when the app settings ask for it (exporter/telemetry.py)
 
 app = func.FunctionApp()
 app.register_functions(http_api.bp)

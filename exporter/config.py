@@ -54,6 +54,7 @@ SETTING_NAMES = (
     "EXPORTER_DEV_MODE",
     "EXPORTER_DEV_SECRETS_FILE",
     "WEBSITE_AUTH_ENABLED",  # set by the platform when App Service Authentication is on; never by us
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",  # telemetry.py: export to Azure Monitor when set
 )
 DEFAULT_SCHEDULE = "0 */15 * * * *"  # NCRONTAB: every 15 minutes
 DEV_STORAGE = "UseDevelopmentStorage=true"

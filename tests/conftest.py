@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
 import pytest
 
 from devtools import azurite
+
+os.environ.pop("APPLICATIONINSIGHTS_CONNECTION_STRING", None)  # tests never export telemetry (exporter/telemetry.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 

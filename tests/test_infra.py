@@ -42,6 +42,8 @@ PLATFORM_SETTINGS = {
     "AZURE_CLIENT_ID": "the Azure SDK's DefaultAzureCredential: which managed identity to use",
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "the Functions host: where telemetry goes",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "the Functions host: Entra ID auth for telemetry",
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "the Functions Python worker: configure the Azure Monitor "
+    "OpenTelemetry distro and stream the app's spans and logs itself (exporter/telemetry.py)",
 }
 
 # Settings that must never appear, whatever config.py says.
@@ -319,6 +321,16 @@ def test_application_insights_settings_use_entra_id(app_settings):
     assert text(app_settings["APPLICATIONINSIGHTS_CONNECTION_STRING"]) == (
         "applicationInsights.properties.ConnectionString"
     )
+
+
+def test_telemetry_is_opentelemetry_from_host_and_worker(app_settings):
+    """Microsoft's "Use OpenTelemetry with Azure Functions": the host in OpenTelemetry mode, and the
+    Python worker exporting the app's own spans and logs (the run's ids as attributes)."""
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host.get("telemetryMode") == "OpenTelemetry"
+    assert app_settings["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"] == "true"
+    requirements = (ROOT / "requirements.txt").read_text()
+    assert re.search(r"^azure-monitor-opentelemetry==", requirements, re.M)
 
 
 def test_app_setting_values_come_from_main_parameters_with_the_codes_defaults(project, main, api, app_settings):

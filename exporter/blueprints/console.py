@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 import azure.functions as func
 
+from .. import telemetry
 from ..config import ConfigurationError
 from ..services import get_services
 
@@ -93,6 +94,11 @@ def _not_found(detail: str) -> func.HttpResponse:
 
 @bp.route(route="console/{*path}", methods=["GET"], auth_level=ANON)
 def console(req: func.HttpRequest) -> func.HttpResponse:
+    with telemetry.invocation("console", "http", **{"http.request.method": req.method.upper()}):
+        return _console(req)
+
+
+def _console(req: func.HttpRequest) -> func.HttpResponse:
     path = unquote(req.route_params.get("path") or "")
     if not path:
         url_path = urlsplit(req.url).path

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from .. import api
+from .. import api, telemetry
 from ..config import ConfigurationError
 from ..redaction import scrub
 from ..services import get_services
@@ -42,13 +42,17 @@ def to_http_response(res: api.ApiResponse) -> func.HttpResponse:
 
 def serve(req: func.HttpRequest, **by_method: api.Endpoint) -> func.HttpResponse:
     endpoint = by_method.get(req.method.upper())
-    if endpoint is None:
-        return to_http_response(api.problem(405, "Method not allowed", f"Use one of: {', '.join(by_method)}."))
-    try:
-        services = get_services()
-    except ConfigurationError as e:  # say what to fix; a bare 500 would hide it
-        return to_http_response(api.problem(500, "Configuration error", str(e)))
-    return to_http_response(api.handle(endpoint, to_api_request(req), services))
+    name = getattr(endpoint, "__name__", "method_not_allowed")  # the request's span: list_connections, get_run, ...
+    with telemetry.http_invocation(name, req.method.upper(), req.url) as answered:
+        if endpoint is None:
+            return to_http_response(api.problem(405, "Method not allowed", f"Use one of: {', '.join(by_method)}."))
+        try:
+            services = get_services()
+        except ConfigurationError as e:  # say what to fix; a bare 500 would hide it
+            return to_http_response(api.problem(500, "Configuration error", str(e)))
+        res = api.handle(endpoint, to_api_request(req), services)
+        answered(res.body)
+        return to_http_response(res)
 
 
 @bp.route(route="connections", methods=["GET", "POST"], auth_level=ANON)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
+from .. import telemetry
 from ..lifecycle import schedule
 from ..logs import get_logger
 from ..services import get_services
@@ -14,6 +15,7 @@ log = get_logger(__name__)
 
 @bp.timer_trigger(arg_name="timer", schedule="%EXPORT_SCHEDULE%", run_on_startup=False, use_monitor=True)
 def export_schedule(timer: func.TimerRequest) -> None:
-    if timer.past_due:
-        log.warning("timer is past due: a tick was missed; checking every export now")
-    schedule.run_schedule(get_services())
+    with telemetry.invocation("export_schedule", "timer", **{"timer.past_due": bool(timer.past_due)}):
+        if timer.past_due:
+            log.warning("timer is past due: a tick was missed; checking every export now")
+        schedule.run_schedule(get_services())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import telemetry
 from ..domain import Refresh, Run, RunCounts, RunStatus, Tally
 from ..domain.reasons import REASON_NOT_SENT_UNREADABLE
 from ..logs import get_logger
@@ -99,6 +100,7 @@ def abandon(svc: Services, run_id: str, counts: RunCounts, refresh: Refresh | No
     run = svc.runs.update(run_id, mutate)
     log.warning("run ended %s before sending: %s", run.status.value, error or reason,
                 extra={"run_id": run_id, "export_id": run.export_id})
+    telemetry.run_ended(run)
 
     def nothing_sent(t: Tally) -> None:
         t.planned = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from .. import telemetry
 from ..domain import Run, RunCounts, RunStatus, TagPlanning, Tally
 from ..logs import get_logger
 from ..services import Services
@@ -104,15 +105,21 @@ def settle(svc: Services, run_id: str, tally: Tally) -> Run | None:
 
 
 def _end(svc: Services, run_id: str) -> Run:
+    ended: list[bool] = []  # this call made the counts final (the last try of ``mutate`` says)
+
     def mutate(run: Run):
+        ended[:] = []
         if run.counts_final and run.status.is_final:
             return False
         if not run.status.is_final:
             conclude(run, svc.clock())
         run.counts_final = True
+        ended.append(True)
 
     run = svc.runs.update(run_id, mutate)
     log.info("run ended %s", run.status.value, extra={"run_id": run.id, "export_id": run.export_id})
+    if ended:
+        telemetry.run_ended(run)
     try:
         svc.spools.of(run_id).delete()  # every batch is recorded: the plan's copy of the contacts goes
     except Exception:  # the run has ended either way; the blob is only left over

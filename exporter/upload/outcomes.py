@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
+from .. import telemetry
 from ..domain.reasons import (
     REASON_NOT_SENT_AUTH,
     REASON_NOT_SENT_KEY_MISSING,
@@ -96,6 +97,8 @@ def classify(error: Exception) -> Outcome:
     """What a failed call means (errors that are not Omnisend's or Key Vault's are not caught here)."""
     detail = str(error)
     if isinstance(error, OmnisendRateLimited):
+        if error.status == 429:  # Omnisend's own answer, not our pacer's
+            telemetry.omnisend_throttled()
         return Outcome(Verdict.WAIT, delay=error.retry_after + random.uniform(0, 1), detail=detail)
     if isinstance(error, OmnisendTransientError):
         return Outcome(Verdict.BACK_OFF, reason=REASON_NOT_SENT_UNAVAILABLE, detail=detail)

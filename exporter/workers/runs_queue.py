@@ -22,13 +22,21 @@ log = get_logger(__name__)
 
 def handle_run_message(svc: Services, text: str | bytes, dequeue_count: int = 1) -> None:
     message = decode_run_message(text)  # a MessageError goes to the host's retry, then the poison queue
-    with log_context(run_id=message.run_id):
+    with log_context(run_id=message.run_id), log_context(export_id=_export_of(svc, message)):
         if isinstance(message, PlanTags):  # a run's contacts are counted: plan its membership tags
             plan_tags_and_settle(svc, message.run_id)
         elif isinstance(message, WaveTick):  # a large run uploads: plan the tags of its counted batches
             tag_wave_tick(svc, message.run_id, message.seq)
         else:
             plan_run(svc, message.run_id, redelivered=dequeue_count > 1)
+
+
+def _export_of(svc: Services, message: PlanRun | PlanTags | WaveTick) -> str | None:
+    """The run's export, for the lines and spans of its tag messages (the planner names it itself)."""
+    if isinstance(message, PlanRun):
+        return None
+    run = svc.runs.get(message.run_id)
+    return run.export_id if run is not None else None
 
 
 def handle_poison_message(svc: Services, text: str) -> None:

@@ -126,6 +126,9 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // Telemetry, Entra ID authenticated.
     APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
     APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+    // The Python worker configures the Azure Monitor OpenTelemetry distro itself and streams the app's
+    // spans and logs, so the host (host.json telemetryMode OpenTelemetry) does not send them twice.
+    PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
     // The app's own settings.
     SEGMENTS_BLOB_SERVICE_URI: segmentsBlobServiceUri
     KEY_VAULT_URL: keyVaultUri
