@@ -369,8 +369,10 @@ def test_permission_table(label, caller, mode, expected, installed, source, worl
         run = storage.runs.get(side.busy_run.id)
         assert run.status is RunStatus.CANCELLED and run.error == f"Cancelled by {'alice@contoso' if is_admin else 'marketer@dev'}."
     elif label == "GET /health":
-        assert set(body) == {"status", "problems", "lastTimerTick", "stuckRuns", "poisonMessages"}
+        assert set(body) == {"status", "problems", "lastTimerTick", "stuckRuns", "poisonMessages", "connectionKeys"}
         assert body["status"] == ("degraded" if body["problems"] else "ok")
+        usable = {c.id for c in storage.connections.list() if is_admin or c.allow_contributors}
+        assert {k["connectionId"] for k in body["connectionKeys"]} == usable  # only connections the caller may use
     elif label == "GET /me":
         role = ROLE_ADMIN if is_admin else ROLE_CONTRIBUTOR
         assert body == {"name": "alice@contoso" if is_admin else "marketer@dev", "roles": [role], "isAdmin": is_admin,
