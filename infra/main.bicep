@@ -99,6 +99,26 @@ param batchCheckDelaySeconds int = 2
 param plannerReaderProcess string = 'auto'
 
 // ---------------------------------------------------------------------------------------------
+// Alerts (app/alerts.bicep; docs/deploy.md says what each means and what to do)
+// ---------------------------------------------------------------------------------------------
+
+@description('Email address the alerts notify (run failed, run stuck, poison queue messages, schedule not firing). Empty: the action group has no receiver; the alerts still fire and show in Azure Monitor.')
+param alertEmail string = ''
+
+@allowed([
+  30
+  45
+  60
+  120
+  180
+  240
+  360
+  1440
+])
+@description('Minutes without a timer tick before the schedule-not-firing alert fires. Keep it longer than the exportSchedule period (default every 15 minutes).')
+param scheduleSilenceMinutes int = 45
+
+// ---------------------------------------------------------------------------------------------
 // Hosting (Flex Consumption)
 // ---------------------------------------------------------------------------------------------
 
@@ -244,6 +264,19 @@ module api 'app/api.bicep' = {
     authClientId: authClientId
     authOpenIdIssuer: '${environment().authentication.loginEndpoint}${effectiveAuthTenantId}/v2.0'
     authAllowedAudiences: effectiveAllowedAudiences
+  }
+}
+
+// Alert rules on the app's log lines in Application Insights, and the action group they notify.
+module alerts 'app/alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    location: location
+    tags: tags
+    nameSuffix: resourceToken
+    alertEmail: alertEmail
+    scheduleSilenceMinutes: scheduleSilenceMinutes
   }
 }
 

@@ -657,3 +657,248 @@ def test_deploy_doc_explains_every_main_parameter(main):
     doc = (ROOT / "docs" / "deploy.md").read_text()
     missing = [name for name in main.params if f"`{name}`" not in doc]
     assert not missing, f"docs/deploy.md does not explain main.bicep params {missing}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Alerts (infra/app/alerts.bicep)
+# ---------------------------------------------------------------------------------------------
+
+EXPORTER = ROOT / "exporter"
+LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
+SCHEDULE_SILENCE_PARAM = "scheduleSilenceMinutes"
+
+
+def _stuck_reason_sample() -> str:
+    from datetime import datetime, timedelta, timezone
+
+    from exporter.domain import Run, RunStatus
+    from exporter.lifecycle.stuck import STUCK_AFTER, stuck_reason
+
+    now = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    run = Run.__new__(Run)  # only the two fields stuck_reason reads
+    run.status, run.progress_at = RunStatus.UPLOADING, now - STUCK_AFTER[RunStatus.UPLOADING] - timedelta(minutes=1)
+    reason = stuck_reason(run, now)
+    assert reason, "a run past STUCK_AFTER must look stuck"
+    return reason
+
+
+def _alert_lines():
+    """Per alert rule (symbol in alerts.bicep): the log calls it must catch, as (file under exporter/,
+    the format string of the log call, arguments that make the line the rule is about), and lines
+    it must not catch. The format strings must appear verbatim in a log call of that file, so a
+    reworded log line fails here until the rule's query follows it."""
+    from exporter.domain import RunStatus
+    from exporter.lifecycle import poison
+
+    failed = RunStatus.FAILED.value
+    others = [s.value for s in RunStatus if s is not RunStatus.FAILED]
+    tick = "timer: %d started, %d waiting for a refresh to settle, %d up to date, %d errors"
+    return {
+        "runFailed": (
+            [("lifecycle/settle.py", "run ended %s", (failed,)),
+             ("lifecycle/plan_status.py", "run ended %s before sending: %s", (failed, "the mapping names no column")),
+             ("lifecycle/settle.py", "run failed: %s", ("Omnisend refused the API key",))],
+            [("lifecycle/settle.py", "run ended %s", (s,)) for s in others]
+            + [("lifecycle/plan_status.py", "run ended %s before sending: %s", (s, "x")) for s in others],
+        ),
+        "runStuck": (
+            [("lifecycle/stuck.py", "run looks stuck: %s", (_stuck_reason_sample(),))],
+            [("lifecycle/settle.py", "run ended %s", (failed,))],
+        ),
+        "poisonMessages": (
+            [("lifecycle/poison.py", poison.POISON_WAITING, (q, 3)) for q in poison.POISON_QUEUES],
+            [("lifecycle/schedule.py", tick, (0, 0, 0, 0))],
+        ),
+        "scheduleNotFiring": (
+            [("lifecycle/schedule.py", tick, (1, 0, 2, 0))],
+            [("blueprints/schedule.py", "timer is past due: a tick was missed; checking every export now", ()),
+             ("lifecycle/poison.py", poison.POISON_WAITING, (poison.POISON_QUEUES[0], 1))],
+        ),
+    }
+
+
+def _log_formats(relative: str) -> set[str]:
+    """Format strings of the logging calls (``<logger>.info("...", ...)``) in exporter/<relative>;
+    a module-level string constant passed as the format counts too."""
+    import ast
+
+    tree = ast.parse((EXPORTER / relative).read_text())
+    constants = {
+        target.id: node.value.value
+        for node in tree.body if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+        for target in node.targets if isinstance(target, ast.Name)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in LOG_METHODS
+                and node.args):
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                found.add(first.value)
+            elif isinstance(first, ast.Name) and first.id in constants:
+                found.add(constants[first.id])
+    return found
+
+
+KQL_FILTER = re.compile(r'^\| where (message startswith "[^"]+"(?: or message startswith "[^"]+")*)$')
+
+
+def _prefixes(query: str) -> list[str]:
+    """The prefixes of ``traces | where message startswith "a" or message startswith "b" | ...``.
+    The query must have exactly this shape (the test evaluates it, so it must understand it)."""
+    lines = [line.strip() for line in query.strip().splitlines()]
+    assert lines[0] == "traces", f"the query should read the Application Insights traces table:\n{query}"
+    match = KQL_FILTER.match(lines[1]) if len(lines) > 1 else None
+    assert match, f'the second line should be `| where message startswith "..." [or ...]`:\n{query}'
+    assert not any("customDimensions" in line for line in lines), "match the message text, not customDimensions"
+    return re.findall(r'startswith "([^"]+)"', match.group(1))
+
+
+def _matches(prefixes: list[str], message: str) -> bool:
+    return any(message.lower().startswith(p.lower()) for p in prefixes)  # KQL startswith: case-insensitive
+
+
+@pytest.fixture(scope="module")
+def alerts(project) -> BicepFile:
+    return project.file("app/alerts.bicep")
+
+
+def _rule(alerts: BicepFile, symbol: str) -> Resource:
+    rule = alerts.resource(symbol)
+    assert rule.type == "Microsoft.Insights/scheduledQueryRules" and not rule.existing, rule.where
+    return rule
+
+
+def _criterion(rule: Resource) -> dict:
+    (criterion,) = rule.get("properties.criteria.allOf")
+    return criterion
+
+
+def test_alert_rules_are_the_four_expected(alerts):
+    rules = {r.symbol for r in alerts.resources_of_type("Microsoft.Insights/scheduledQueryRules")}
+    assert rules == set(_alert_lines()), f"alert rules in app/alerts.bicep: {sorted(rules)}"
+
+
+@pytest.mark.parametrize("symbol", sorted(_alert_lines()))
+def test_alert_rule_queries_the_lines_the_code_writes(alerts, symbol):
+    catch, ignore = _alert_lines()[symbol]
+    prefixes = _prefixes(_criterion(_rule(alerts, symbol))["query"])
+    for relative, fmt, args in catch + ignore:
+        assert fmt in _log_formats(relative), (
+            f"exporter/{relative} has no log call with the format {fmt!r}: the alert {symbol} (or this test) "
+            "follows a log line the code no longer writes"
+        )
+    for _, fmt, args in catch:
+        assert _matches(prefixes, fmt % args), f"{symbol}'s query {prefixes} misses the line {fmt % args!r}"
+    for _, fmt, args in ignore:
+        assert not _matches(prefixes, fmt % args), f"{symbol}'s query {prefixes} also catches {fmt % args!r}"
+    for prefix in prefixes:
+        assert any(_matches([prefix], fmt % args) for _, fmt, args in catch), (
+            f"{symbol}: the prefix {prefix!r} matches no line the code writes"
+        )
+
+
+def test_alert_query_check_is_not_vacuous():
+    prefixes = _prefixes('traces\n| where message startswith "run ended failed"\n| project message')
+    assert _matches(prefixes, "Run ended failed") and not _matches(prefixes, "run ended succeeded")
+    assert "run ended %s" in _log_formats("lifecycle/settle.py")
+    assert "run ended %s (renamed)" not in _log_formats("lifecycle/settle.py")
+    with pytest.raises(AssertionError):
+        _prefixes('traces\n| where customDimensions.run_status == "failed"')
+
+
+def test_alert_rules_read_application_insights_and_notify_the_action_group(project, alerts):
+    group = one(alerts.resources_of_type("Microsoft.Insights/actionGroups"), "action group")
+    insights = alerts.resource("applicationInsights")
+    assert insights.existing and insights.type == "Microsoft.Insights/components"
+    assert text(insights.get("name")) == "applicationInsightsName"
+    (monitoring_module,) = project.modules_of(project.file("core/monitoring.bicep"))
+    assert text(module_param(project, alerts, "applicationInsightsName")) == (
+        f"{monitoring_module.symbol}.outputs.applicationInsightsName"
+    )
+    for symbol in _alert_lines():
+        rule = _rule(alerts, symbol)
+        assert rule.get("kind") == "LogAlert", rule.where
+        assert rule.get("properties.enabled") is True, rule.where
+        assert rule.condition is None, f"{rule.where}: alert rules are always deployed"
+        assert [text(s) for s in rule.get("properties.scopes")] == [f"{insights.symbol}.id"], rule.where
+        assert [text(a) for a in rule.get("properties.actions.actionGroups")] == [f"{group.symbol}.id"], rule.where
+        assert rule.get("properties.description"), rule.where
+        failing = _criterion(rule)["failingPeriods"]
+        assert failing == {"numberOfEvaluationPeriods": 1, "minFailingPeriodsToAlert": 1}, rule.where
+
+
+def test_event_alerts_fire_on_any_matching_line(alerts):
+    for symbol in ("runFailed", "runStuck", "poisonMessages"):
+        criterion = _criterion(_rule(alerts, symbol))
+        assert criterion["timeAggregation"] == "Count", symbol
+        assert (criterion["operator"], criterion["threshold"]) == ("GreaterThan", 0), symbol
+
+
+def _minutes(duration: str) -> int:
+    match = re.fullmatch(r"PT(\d+)([MH])", duration)
+    assert match, f"expected PT<n>M or PT<n>H, got {duration}"
+    return int(match.group(1)) * (60 if match.group(2) == "H" else 1)
+
+
+def test_repeated_alerts_cover_more_than_one_timer_tick(alerts, main):
+    """The stuck and poison lines come once per tick: the window holds two ticks of the default
+    schedule, so a stuck run keeps its alert fired (stateful) instead of flapping."""
+    period = _schedule_period_minutes(main.params["exportSchedule"].default)
+    for symbol in ("runStuck", "poisonMessages"):
+        rule = _rule(alerts, symbol)
+        assert _minutes(rule.get("properties.windowSize")) >= 2 * period, rule.where
+        assert rule.get("properties.autoMitigate") is True, rule.where
+    assert _rule(alerts, "runFailed").get("properties.autoMitigate") is False, "each failed run is news"
+
+
+def _schedule_period_minutes(schedule: str) -> int:
+    second, minute, *rest = schedule.split()
+    assert second == "0" and rest == ["*", "*", "*", "*"] and minute.startswith("*/"), (
+        f"this check understands only '0 */N * * * *', got {schedule!r}"
+    )
+    return int(minute[2:])
+
+
+def test_schedule_alert_fires_when_no_tick_arrived_for_longer_than_the_schedule_period(project, main, alerts):
+    rule = _rule(alerts, "scheduleNotFiring")
+    criterion = _criterion(rule)
+    # Zero rows would be "no result", not 0: the query summarizes to one row whatever the window holds.
+    assert criterion["query"].strip().splitlines()[-1].strip() == "| summarize ticks = count()"
+    assert (criterion["timeAggregation"], criterion.get("metricMeasureColumn")) == ("Total", "ticks")
+    assert (criterion["operator"], criterion["threshold"]) == ("LessThan", 1)
+    assert rule.get("properties.autoMitigate") is True, "resolves by itself at the next tick"
+    window = rule.get("properties.windowSize")
+    assert isinstance(window, Interp) and window.template == "PT${" + SCHEDULE_SILENCE_PARAM + "}M"
+    assert text(module_param(project, alerts, SCHEDULE_SILENCE_PARAM)) == SCHEDULE_SILENCE_PARAM
+    silence = main.params[SCHEDULE_SILENCE_PARAM]
+    period = _schedule_period_minutes(main.params["exportSchedule"].default)
+    assert period == _schedule_period_minutes(config.DEFAULT_SCHEDULE)
+    assert silence.default > 2 * period, "a late tick or two is no outage: the window holds several periods"
+    assert all(m > period for m in silence.decorators["allowed"][0]), "every allowed window outlasts a period"
+    assert _minutes(rule.get("properties.evaluationFrequency")) <= min(silence.decorators["allowed"][0])
+
+
+def test_alert_email_is_an_optional_parameter(project, main, alerts):
+    assert main.params["alertEmail"].default == "", "no email: the alerts are deployed without a receiver"
+    assert text(module_param(project, alerts, "alertEmail")) == "alertEmail"
+    params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    value = params["alertEmail"]["value"]
+    assert re.fullmatch(r"\$\{ALERT_EMAIL(=[^}]*)?\}", value), f"map it from the azd variable ALERT_EMAIL: {value}"
+    assert value == "${ALERT_EMAIL=}", "empty unless ALERT_EMAIL is set"
+
+
+def test_action_group_emails_the_alert_email_only_when_given(alerts):
+    group = one(alerts.resources_of_type("Microsoft.Insights/actionGroups"), "action group")
+    assert group.get("location") == "global"
+    assert len(group.get("properties.groupShortName")) <= 12, "Azure limits groupShortName to 12 characters"
+    assert group.get("properties.enabled") is True
+    receivers = group.get("properties.emailReceivers")
+    assert isinstance(receivers, Expr) and receivers.kind == "ternary_expression", text(receivers)
+    condition, when_empty, when_given = (alerts.value(c) for c in receivers.node.named_children)
+    assert text(condition) == "empty(alertEmail)"
+    assert when_empty == []
+    (receiver,) = when_given
+    assert text(receiver["emailAddress"]) == "alertEmail"
+    assert receiver["useCommonAlertSchema"] is True

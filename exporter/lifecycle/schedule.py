@@ -15,6 +15,7 @@ from ..domain import Export, Run, RunStatus, Trigger
 from ..logs import get_logger
 from ..services import Services
 from .connections import purge_retired
+from .poison import report_poison
 from .start import RunConflictError, active_run, last_succeeded_run, start_run
 from .stuck import reconcile
 
@@ -35,6 +36,7 @@ def run_schedule(svc: Services) -> TickResult:
     svc.heartbeat.record(svc.clock())
     result = TickResult(started=[], waiting=[], up_to_date=[], errors={}, stuck=[r.id for r in reconcile(svc)])
     purge_retired(svc)  # keys of removed connections, once the results of their batches are read
+    report_poison(svc)  # a warning per poison queue that holds messages (the poison alert reads it)
     for export in svc.exports.list():
         if not export.enabled:
             continue
