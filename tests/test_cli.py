@@ -179,3 +179,74 @@ def test_safety_thresholds_and_confirm_from_the_command_line(services, workers, 
     done = cli("run", "--url", url, export["id"], "--wait", "--confirm", timeout=90)
     assert done.returncode == 0 and ": partiallySucceeded" in done.stdout, done.stdout + done.stderr
     assert len(sandbox.contacts(TEST_BRAND)) == 147
+
+
+def test_runs_from_the_command_line(services, workers, sandbox, segment, tmp_path):
+    url = workers.url
+    conn = json.loads(cli("connections", "add", "--url", url, "--name", "Runs", "--consent", key=TEST_API_KEY).stdout)
+    export = json.loads(cli("exports", "add", "--url", url, "--name", "R", "--connection", conn["id"],
+                            "--container", segment, "--folder", "ci", "--segment", "CliSeg",
+                            "--map", "email=PrimaryEmail").stdout)
+    done = cli("runs", "list", export["id"], "--url", url)
+    assert done.returncode == 0 and "No runs yet" in done.stdout
+    run_id = re.search(r"^Run (\w+) queued\.$", cli("run", export["id"], "--wait", "--url", url, timeout=90).stdout,
+                       re.M).group(1)
+
+    done = cli("runs", "list", export["id"], "--url", url)
+    header, row = done.stdout.splitlines()
+    assert header.split() == ["RUN", "STATUS", "TRIGGER", "STARTED", "READ", "EXPORTED", "REJECTED", "FAILED"]
+    assert row.split()[:2] == [run_id, "partiallySucceeded"] and row.split()[-4:] == ["150", "147", "3", "0"]
+    listed = json.loads(cli("runs", "list", export["id"], "--url", url, "--output", "json").stdout)
+    assert [r["runId"] for r in listed] == [run_id]
+    shown = json.loads(cli("runs", "show", run_id, "--url", url, "--output", "json").stdout)
+    api_run = call("run", "GET", "", route_params={"id": run_id})[1]
+    assert shown["statusUrl"] == f"{url}/runs/{run_id}"  # the URLs the app at --url hands out
+    assert {**shown, "statusUrl": None} == {**api_run, "statusUrl": None}
+    assert re.search(r"exported \(confirmed\)\s+147$", cli("runs", "show", run_id, "--url", url).stdout, re.M)
+
+    out = tmp_path / "rejects.csv"
+    done = cli("runs", "rejects", run_id, "--url", url, "--out", str(out))
+    assert done.returncode == 0 and out.read_text().startswith("stage,partition,row,email,reason,detail")
+    assert len(out.read_text().splitlines()) == 1 + 3
+    assert cli("runs", "rejects", run_id, "--url", url).stdout == out.read_text()
+
+    done = cli("runs", "retry", run_id, "--url", url)  # nothing failed at Omnisend: nothing to send again
+    assert done.returncode == 0 and "0 failed batches sent again" in done.stdout
+    done = cli("runs", "cancel", run_id, "--url", url)  # it has ended: the API's 409, said plainly
+    assert done.returncode == 1 and "409" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_url_and_a_bearer_token_come_from_the_environment():
+    import http.server
+
+    seen: list[dict] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
+            body = b'{"exports": []}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Recorder)
+    thread = __import__("threading").Thread(target=server.handle_request, daemon=True)
+    thread.start()
+    env_url = f"http://127.0.0.1:{server.server_port}/api"
+    done = subprocess.run([sys.executable, "-m", "exporter", "exports", "list"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30, env={**os.environ, "EXPORTER_URL": env_url,
+                                                      "EXPORTER_TOKEN": "eyJ.test-token"})
+    thread.join(10)
+    server.server_close()
+    assert done.returncode == 0, done.stderr
+    (request,) = seen
+    assert request["path"] == "/api/exports" and request["authorization"] == "Bearer eyJ.test-token"
+    assert "x-ms-client-principal" not in request  # a deployed app gets the token, not the development identity
+    version = subprocess.run([sys.executable, "-m", "exporter", "--version"], cwd=ROOT, capture_output=True, text=True)
+    from exporter import __version__
+    assert version.returncode == 0 and version.stdout.strip() == f"python -m exporter {__version__}"

@@ -7,7 +7,10 @@
     python -m exporter exports add --name NAME --connection ID --container C [--folder F] --segment S
                                    --map email=COLUMN [--map firstName=COLUMN ...] [--disabled]
     python -m exporter exports list | show ID | remove ID
-    python -m exporter run EXPORT_ID [--wait]
+    python -m exporter run EXPORT_ID [--wait] [--confirm]
+    python -m exporter runs list EXPORT_ID | show RUN_ID | cancel RUN_ID | retry RUN_ID | rejects RUN_ID [--out F]
+    (every management command takes --url, default EXPORTER_URL, and --token, default EXPORTER_TOKEN;
+     runs list and show take --output table|json)
 
 Management commands act as a local Admin of the development mode (``serve``), the only mode in
 which the app trusts an identity header that the platform did not set.
@@ -27,6 +30,7 @@ import time
 
 import requests
 
+from .. import __version__
 from ..api.access import DEV_ADMIN_PRINCIPAL
 
 DEFAULT_URL = "http://127.0.0.1:7071/api"
@@ -36,11 +40,19 @@ FINAL = ("succeeded", "partiallySucceeded", "failed", "cancelled")
 class ApiClient:
     """A thin client of the app's API for the CLI and the demo."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, principal: str = DEV_ADMIN_PRINCIPAL, timeout: float = 30):
+    def __init__(self, base_url: str = DEFAULT_URL, principal: str = DEV_ADMIN_PRINCIPAL, timeout: float = 30,
+                 token: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
-        self.session.headers["X-MS-CLIENT-PRINCIPAL"] = principal
+        if token:  # a deployed app: App Service Authentication accepts an Entra access token as a bearer
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        else:  # the development mode (serve) takes the identity header as sent
+            self.session.headers["X-MS-CLIENT-PRINCIPAL"] = principal
         self.timeout = timeout
+
+    @classmethod
+    def from_args(cls, args) -> "ApiClient":
+        return cls(args.url, token=getattr(args, "token", None))
 
     def request(self, method: str, path: str, body=None, expect=(200, 201, 202, 204), params=None):
         try:
@@ -232,7 +244,7 @@ def _update_connection(api: ApiClient, args) -> None:
 def cmd_connections(args) -> int:
     actions = {"add": _add_connection, "list": _list_connections, "remove": _remove_connection,
                "update": _update_connection}
-    actions[args.action](ApiClient(args.url), args)
+    actions[args.action](ApiClient.from_args(args), args)
     return 0
 
 
@@ -263,12 +275,12 @@ def _remove_export(api: ApiClient, args) -> None:
 
 def cmd_exports(args) -> int:
     actions = {"add": _add_export, "list": _list_exports, "show": _show_export, "remove": _remove_export}
-    actions[args.action](ApiClient(args.url), args)
+    actions[args.action](ApiClient.from_args(args), args)
     return 0
 
 
 def cmd_run(args) -> int:
-    api = ApiClient(args.url)
+    api = ApiClient.from_args(args)
     query = {"confirm": "true"} if args.confirm else None
     run = api.request("POST", f"exports/{args.export_id}/runs", params=query)
     print(f"Run {run['runId']} queued.")
@@ -286,8 +298,18 @@ def _field_column(text: str) -> tuple[str, str]:
     return field.strip(), column
 
 
-def _url_option(parser: argparse.ArgumentParser, default=DEFAULT_URL) -> None:
-    parser.add_argument("--url", default=default, help=f"the exporter API (default {DEFAULT_URL})")
+def _url_option(parser: argparse.ArgumentParser, default=None) -> None:
+    """--url (default EXPORTER_URL, else the local serve) and --token (default EXPORTER_TOKEN)."""
+    if default is None:
+        default = os.environ.get("EXPORTER_URL") or DEFAULT_URL
+        token = os.environ.get("EXPORTER_TOKEN") or None
+    else:
+        token = default
+    parser.add_argument("--url", default=default,
+                        help=f"the exporter API (default: EXPORTER_URL, else {DEFAULT_URL})")
+    parser.add_argument("--token", default=token,
+                        help="an Entra access token for a deployed app, sent as Authorization: Bearer (default: "
+                             "EXPORTER_TOKEN); get one with az account get-access-token --resource api://<app id>")
 
 
 def _connection_add_options(add: argparse.ArgumentParser) -> None:
@@ -349,6 +371,7 @@ def _resource_command(sub, name: str, help: str, fn, add_options, id_actions: tu
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m exporter", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the app locally (HTTP API, queue workers, timer)")
@@ -375,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--confirm", action="store_true",
                    help="run even when the refresh is over the export's safety thresholds (a run they held says so)")
     r.set_defaults(fn=cmd_run)
+    from .runs_cli import add_runs_command  # it uses this module's ApiClient
+
+    add_runs_command(sub, _url_option)
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
