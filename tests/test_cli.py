@@ -106,19 +106,20 @@ def test_connections_exports_and_run_from_the_command_line(services, workers, sa
 def test_cli_errors_say_what_to_fix(services, workers, segment):
     url = workers.url
     done = cli("connections", "add", "--url", url, "--name", "No consent", key=TEST_API_KEY)
-    assert done.returncode == 1 and "dataPrivacyConsent: must be true" in done.stderr, done.stderr
+    assert done.returncode == 1 and "--consent: must be true" in done.stderr, done.stderr
+    assert "(API field dataPrivacyConsent)" in done.stderr  # the flag first, the API field for the API docs
     bad_key = "not-a-key-" + uuid.uuid4().hex
     done = cli("connections", "add", "--url", url, "--name", "Bad key", "--consent", key=bad_key)
     assert done.returncode == 1 and "422" in done.stderr and "Omnisend rejected this API key" in done.stderr
     done = cli("connections", "add", "--url", url, "--name", "Zero", "--consent", "--max-profiles", "0",
                key=TEST_API_KEY)
-    assert done.returncode == 1 and "maxProfilesPerExport: must be 1 to" in done.stderr, done.stderr
+    assert done.returncode == 1 and "--max-profiles: must be 1 to" in done.stderr, done.stderr
     assert services.connections.list() == []
 
     conn = json.loads(cli("connections", "add", "--url", url, "--name", "Ok", "--consent", key=TEST_API_KEY).stdout)
     done = cli("exports", "add", "--url", url, "--name", "Bad", "--connection", conn["id"], "--container", segment,
                "--folder", "ci", "--segment", "CliSeg", "--map", "email=PrimaryEmail", "--map", "city=Town")
-    assert done.returncode == 1 and "mapping.city: column 'Town' is not in the segment" in done.stderr
+    assert done.returncode == 1 and "--map city=COLUMN: column 'Town' is not in the segment" in done.stderr
     assert "available columns: CustomerId, FirstName" in done.stderr
     done = cli("exports", "add", "--url", url, "--name", "Bad", "--connection", conn["id"], "--container", segment,
                "--segment", "CliSeg", "--map", "email")
@@ -127,6 +128,8 @@ def test_cli_errors_say_what_to_fix(services, workers, segment):
     assert done.returncode == 1 and "404" in done.stderr
     assert services.exports.list() == []
 
+    done = cli("connections", "add", "--url", url, "--name", "No key", "--consent")  # no key, no terminal
+    assert done.returncode == 1 and "no terminal to ask for it" in done.stderr and "Traceback" not in done.stderr
     done = cli("connections", "list", "--url", "http://127.0.0.1:9/api")
     assert done.returncode == 1 and "Cannot reach the exporter API" in done.stderr and "Traceback" not in done.stderr
 
@@ -166,7 +169,7 @@ def test_safety_thresholds_and_confirm_from_the_command_line(services, workers, 
     add = ("exports", "add", "--url", url, "--name", "Strict", "--connection", conn["id"], "--container", segment,
            "--folder", "ci", "--segment", "CliSeg", "--map", "email=PrimaryEmail")
     done = cli(*add, "--max-removal-percent", "101")
-    assert done.returncode == 1 and "maxRemovalPercent: must be 0 to 100" in done.stderr, done.stderr
+    assert done.returncode == 1 and "--max-removal-percent: must be 0 to 100" in done.stderr, done.stderr
     done = cli(*add, "--max-removal-percent", "30", "--max-rejected-percent", "1")
     assert done.returncode == 0, done.stderr
     export = json.loads(done.stdout)
@@ -250,3 +253,45 @@ def test_the_url_and_a_bearer_token_come_from_the_environment():
     version = subprocess.run([sys.executable, "-m", "exporter", "--version"], cwd=ROOT, capture_output=True, text=True)
     from exporter import __version__
     assert version.returncode == 0 and version.stdout.strip() == f"python -m exporter {__version__}"
+
+
+def test_help_has_a_sentence_and_an_example_and_lists_the_map_fields():
+    from exporter.domain import MAPPABLE_FIELDS
+
+    top = cli("--help")
+    assert top.returncode == 0 and "``" not in top.stdout
+    done = cli("exports", "add", "--help")
+    assert "Save an export" in done.stdout and "example:" in done.stdout
+    assert all(api in done.stdout for api, _ in MAPPABLE_FIELDS)
+    for command in (("connections", "add"), ("connections", "update"), ("exports", "list"), ("runs", "show")):
+        text = cli(*command, "--help").stdout
+        assert "--url" in text and "--token" in text and text.split("\n\n")[1].strip(), command
+
+
+def test_run_wait_on_a_terminal_shows_one_line_updated_in_place(services, workers, sandbox, segment):
+    import pty
+
+    url = workers.url
+    conn = json.loads(cli("connections", "add", "--url", url, "--name", "Tty", "--consent", key=TEST_API_KEY).stdout)
+    export = json.loads(cli("exports", "add", "--url", url, "--name", "T", "--connection", conn["id"],
+                            "--container", segment, "--folder", "ci", "--segment", "CliSeg",
+                            "--map", "email=PrimaryEmail").stdout)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "run", export["id"], "--wait", "--url", url], cwd=ROOT,
+                            stdout=follower, stderr=follower, stdin=subprocess.DEVNULL)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=90) == 0
+    os.close(leader)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    assert "\r" in text and "contacts" in text and "partiallySucceeded" in text  # a tqdm bar, redrawn in place
+    assert not re.search(r"^  (queued|planning|uploading|verifying)\s", text, re.M)  # no line per poll
+    assert re.search(r"exported \(confirmed\)\s+147", text)

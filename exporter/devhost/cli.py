@@ -1,4 +1,4 @@
-"""Command line: run the app locally (``serve``) and manage it through its own HTTP API.
+"""Command line: run the app locally (serve) and manage it through its own HTTP API.
 
     python -m exporter serve [--host 127.0.0.1] [--port 7071] [--workers 8] [--no-timer] [--allow-remote]
     python -m exporter connections add --name NAME --consent [--allow-contributors] [--max-profiles N]
@@ -23,6 +23,7 @@ import getpass
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -32,6 +33,7 @@ import requests
 
 from .. import __version__
 from ..api.access import DEV_ADMIN_PRINCIPAL
+from ..domain import MAPPABLE_FIELDS
 
 DEFAULT_URL = "http://127.0.0.1:7071/api"
 FINAL = ("succeeded", "partiallySucceeded", "failed", "cancelled")
@@ -90,6 +92,26 @@ class ApiClient:
             time.sleep(poll)
 
 
+# The CLI's flag for each API field an error can name: people fix the command they typed.
+FLAGS = {
+    "displayName": "--name", "name": "--name", "apiKey": "the API key (OMNISEND_API_KEY or --key-stdin)",
+    "allowContributors": "--allow-contributors", "dataPrivacyConsent": "--consent",
+    "maxProfilesPerExport": "--max-profiles", "connectionId": "--connection", "source.container": "--container",
+    "source.folder": "--folder", "source.segment": "--segment", "tag": "--tag",
+    "maxRemovalPercent": "--max-removal-percent", "maxRejectedPercent": "--max-rejected-percent",
+    "sendWelcomeMessage": "--welcome-message", "consent.column": "--consent-column",
+    "consent.subscribedValues": "--subscribed-values", "consent.unsubscribedValues": "--unsubscribed-values",
+    "consent.changedAtColumn": "--consent-changed-at-column",
+}
+
+
+def flag_of(field: str) -> str:
+    """The flag that sets an API field (``mapping.city`` -> ``--map city=COLUMN``), else the field."""
+    if field.startswith("mapping."):
+        return f"--map {field.removeprefix('mapping.')}=COLUMN"
+    return FLAGS.get(field, field)
+
+
 def _problem_text(res: requests.Response) -> str:
     try:
         body = res.json()
@@ -97,7 +119,8 @@ def _problem_text(res: requests.Response) -> str:
         return res.text[:500]
     text = body.get("detail") or body.get("title") or ""
     for e in body.get("errors") or []:
-        text += f"\n  - {e.get('field')}: {e.get('message')}"
+        field = str(e.get("field"))
+        text += f"\n  - {flag_of(field)}: {e.get('message')}" + (f" (API field {field})" if flag_of(field) != field else "")
     return text
 
 
@@ -200,8 +223,23 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _read_key(args) -> str:
+    """The API key: from standard input (--key-stdin), OMNISEND_API_KEY, or asked for at the terminal."""
+    if getattr(args, "key_stdin", False):
+        key = sys.stdin.readline().strip()
+        if not key:
+            raise SystemExit("--key-stdin: no API key on standard input (give it as one line).")
+        return key
+    if os.environ.get("OMNISEND_API_KEY"):
+        return os.environ["OMNISEND_API_KEY"]
+    if not sys.stdin.isatty():
+        raise SystemExit("No Omnisend API key: there is no terminal to ask for it. Set OMNISEND_API_KEY, or pipe "
+                         "the key in with --key-stdin.")
+    return getpass.getpass("Omnisend API key: ")
+
+
 def _add_connection(api: ApiClient, args) -> None:
-    key = os.environ.get("OMNISEND_API_KEY") or getpass.getpass("Omnisend API key: ")
+    key = _read_key(args)
     body = {"displayName": args.name, "apiKey": key, "allowContributors": args.allow_contributors,
             "dataPrivacyConsent": args.consent}
     if args.max_profiles is not None:
@@ -229,10 +267,7 @@ def _update_connection(api: ApiClient, args) -> None:
     if args.max_profiles is not None:
         body["maxProfilesPerExport"] = args.max_profiles
     if args.key_stdin:
-        key = sys.stdin.readline().strip()
-        if not key:
-            raise SystemExit("--key-stdin: no API key on standard input (give it as one line).")
-        body["apiKey"] = key
+        body["apiKey"] = _read_key(args)
     if not body:
         raise SystemExit("Nothing to change: give --name, --key-stdin, --contributors/--admins-only or --max-profiles.")
     print(json.dumps(api.request("PATCH", f"connections/{args.id}", body), indent=2))
@@ -252,9 +287,23 @@ def _add_export(api: ApiClient, args) -> None:
     body = {"name": args.name, "connectionId": args.connection,
             "source": {"container": args.container, "folder": args.folder, "segment": args.segment},
             "mapping": dict(args.map), "enabled": not args.disabled}
-    for option, name in (("max_removal_percent", "maxRemovalPercent"), ("max_rejected_percent", "maxRejectedPercent")):
+    for option, name in (("max_removal_percent", "maxRemovalPercent"), ("max_rejected_percent", "maxRejectedPercent"),
+                         ("tag", "tag")):
         if getattr(args, option) is not None:
             body[name] = getattr(args, option)
+    if args.welcome_message:
+        body["sendWelcomeMessage"] = True
+    if args.consent_column:
+        consent: dict = {"column": args.consent_column}
+        for option, name in (("subscribed_values", "subscribedValues"), ("unsubscribed_values", "unsubscribedValues")):
+            if getattr(args, option):
+                consent[name] = [v.strip() for v in getattr(args, option).split(",") if v.strip()]
+        if args.consent_changed_at_column:
+            consent["changedAtColumn"] = args.consent_changed_at_column
+        body["consent"] = consent
+    elif args.subscribed_values or args.unsubscribed_values or args.consent_changed_at_column:
+        raise SystemExit("--subscribed-values, --unsubscribed-values and --consent-changed-at-column need "
+                         "--consent-column.")
     print(json.dumps(api.request("POST", "exports", body), indent=2))
 
 
@@ -286,9 +335,29 @@ def cmd_run(args) -> int:
     print(f"Run {run['runId']} queued.")
     if not args.wait:
         return 0
-    run = api.wait_for_run(run["runId"], progress=lambda r: print("  " + progress_line(r), flush=True), poll=1)
+    if sys.stdout.isatty():  # one line, updated in place
+        run = _wait_with_bar(api, run["runId"])
+    else:  # a log or a pipe: a plain line per poll
+        run = api.wait_for_run(run["runId"], progress=lambda r: print("  " + progress_line(r), flush=True), poll=1)
     print_counts(run)
     return 0 if run["status"] in ("succeeded", "partiallySucceeded") else 1
+
+
+def _wait_with_bar(api: ApiClient, run_id: str) -> dict:
+    """A tqdm bar of the contacts counted (confirmed or failed) against those queued, with the status."""
+    from tqdm import tqdm  # requirements-dev.txt: the CLI's own dependency, not the function app's
+
+    size = shutil.get_terminal_size((100, 20))  # a terminal that reports no size (0x0) gets 100x20: tqdm would hide the bar
+    with tqdm(total=0, unit=" contacts", ncols=size.columns, nrows=size.lines) as bar:
+        def progress(r: dict) -> None:
+            c = r["counts"]
+            bar.total = max(c["queued"] or 0, 1)
+            bar.n = c["confirmed"] + c["failed"]
+            bar.set_description(r["status"])
+            bar.set_postfix(confirmed=c["confirmed"], failed=c["failed"], rejected=c["rejected"], refresh=False)
+            bar.refresh()
+
+        return api.wait_for_run(run_id, progress=progress, poll=1)
 
 
 def _field_column(text: str) -> tuple[str, str]:
@@ -317,7 +386,9 @@ def _connection_add_options(add: argparse.ArgumentParser) -> None:
     add.add_argument("--allow-contributors", action="store_true")
     add.add_argument("--consent", action="store_true",
                      help="acknowledge that profile data, including personal data, leaves the platform for Omnisend")
-    add.add_argument("--max-profiles", type=int)
+    add.add_argument("--max-profiles", type=int, help="the Omnisend plan's contact limit per export")
+    add.add_argument("--key-stdin", action="store_true",
+                     help="read the API key from standard input (one line) instead of OMNISEND_API_KEY or a prompt")
 
 
 def _export_add_options(add: argparse.ArgumentParser) -> None:
@@ -326,7 +397,18 @@ def _export_add_options(add: argparse.ArgumentParser) -> None:
     add.add_argument("--container", required=True)
     add.add_argument("--folder", default="")
     add.add_argument("--segment", required=True)
-    add.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", required=True, type=_field_column)
+    add.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", required=True, type=_field_column,
+                     help="an Omnisend field and the segment column that feeds it; repeat it. email is required; "
+                          f"the fields: {', '.join(api for api, _ in MAPPABLE_FIELDS)}")
+    add.add_argument("--tag", help="the membership tag (default: the segment's name made safe for Omnisend)")
+    add.add_argument("--consent-column", metavar="COLUMN",
+                     help="set the email subscription status from this column (default: never change it)")
+    add.add_argument("--subscribed-values", metavar="A,B", help="values meaning subscribed (default true,yes,1)")
+    add.add_argument("--unsubscribed-values", metavar="A,B", help="values meaning unsubscribed (default false,no,0)")
+    add.add_argument("--consent-changed-at-column", metavar="COLUMN",
+                     help="when the consent changed (default: the refresh time)")
+    add.add_argument("--welcome-message", action="store_true",
+                     help="let Omnisend send its welcome message to contacts this export subscribes")
     add.add_argument("--disabled", action="store_true")
     add.add_argument("--max-removal-percent", type=int, metavar="PERCENT",
                      help="a run that would remove more of the current members stops before sending (default 50; "
@@ -346,22 +428,47 @@ def _connection_update_options(update: argparse.ArgumentParser) -> None:
     update.add_argument("--max-profiles", type=int)
 
 
+# A sentence and an example for each management action (python -m exporter <command> <action> --help).
+HELP = {
+    "connections add": ("Check an Omnisend API key with Omnisend, then store it as a connection.",
+                        'OMNISEND_API_KEY=... python -m exporter connections add --name "EU store" --consent'),
+    "connections list": ("The connections, with who may use them.", "python -m exporter connections list"),
+    "connections remove": ("Remove a connection: its key is deleted, its exports are disabled.",
+                           "python -m exporter connections remove 3f2a..."),
+    "connections update": ("Change a connection's name, audience, limit or key (a new key is checked first).",
+                           "python -m exporter connections update 3f2a... --key-stdin < new-key.txt"),
+    "exports add": ("Save an export: a segment, a connection and the mapping. Saving does not run it.",
+                    "python -m exporter exports add --name VIP --connection 3f2a... --container cdp --folder ci "
+                    "--segment VIP --map email=PrimaryEmail --map firstName=FirstName"),
+    "exports list": ("The exports, with their segment and whether they run on the schedule.",
+                     "python -m exporter exports list"),
+    "exports show": ("One export as the API has it (JSON).", "python -m exporter exports show 9b1c..."),
+    "exports remove": ("Delete an export with the history of its runs.", "python -m exporter exports remove 9b1c..."),
+}
+
+
 def _resource_command(sub, name: str, help: str, fn, add_options, id_actions: tuple[str, ...],
                       more: dict | None = None) -> None:
     """A command with the actions ``add`` (its options set by ``add_options``), ``list`` and each of
     ``id_actions``, which take an ID. --url is accepted before or after the action (``connections
     --url U list`` and ``connections list --url U``)."""
-    command = sub.add_parser(name, help=help)
+    command = sub.add_parser(name, help=help, description=help)
     _url_option(command)
     actions = command.add_subparsers(dest="action", required=True)
-    add = actions.add_parser("add")
+
+    def action_parser(action: str) -> argparse.ArgumentParser:
+        what, example = HELP[f"{name} {action}"]
+        return actions.add_parser(action, help=what, description=what, epilog=f"example:\n  {example}",
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    add = action_parser("add")
     add_options(add)
-    parsers = [add, actions.add_parser("list")]
+    parsers = [add, action_parser("list")]
     for action in id_actions:
-        parsers.append(actions.add_parser(action))
+        parsers.append(action_parser(action))
         parsers[-1].add_argument("id")
     for action, options in (more or {}).items():  # actions on one ID, with options of their own
-        parsers.append(actions.add_parser(action))
+        parsers.append(action_parser(action))
         parsers[-1].add_argument("id")
         options(parsers[-1])
     for parser in parsers:
