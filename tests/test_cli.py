@@ -73,6 +73,10 @@ def test_connections_exports_and_run_from_the_command_line(services, workers, sa
     assert export["notices"] == [] and export["enabled"] is True
     done = cli("exports", "list", "--url", url)
     assert f"{export['id']}  VIP  segment CliSeg  enabled" in done.stdout.splitlines()
+    listed = json.loads(cli("exports", "list", "--url", url, "--output", "json").stdout)
+    assert [x["id"] for x in listed] == [export["id"]]
+    listed = json.loads(cli("connections", "list", "--url", url, "--output", "json").stdout)
+    assert {c["id"] for c in listed} == {conn["id"], shared["id"]} and all("apiKey" not in c for c in listed)
     done = cli("exports", "show", export["id"], "--url", url)
     assert done.returncode == 0 and json.loads(done.stdout) == call("export", "GET", "", route_params={
         "id": export["id"]})[1]

@@ -248,7 +248,11 @@ def _add_connection(api: ApiClient, args) -> None:
 
 
 def _list_connections(api: ApiClient, args) -> None:
-    for c in api.request("GET", "connections")["connections"]:
+    found = api.request("GET", "connections")["connections"]
+    if args.output == "json":
+        print(json.dumps(found, indent=2))
+        return
+    for c in found:
         who = "admins and contributors" if c.get("allowContributors") else "admins only"
         print(f"{c['id']}  {c['displayName']}  ({who})")
 
@@ -308,7 +312,11 @@ def _add_export(api: ApiClient, args) -> None:
 
 
 def _list_exports(api: ApiClient, args) -> None:
-    for x in api.request("GET", "exports")["exports"]:
+    found = api.request("GET", "exports")["exports"]
+    if args.output == "json":
+        print(json.dumps(found, indent=2))
+        return
+    for x in found:
         state = "enabled" if x["enabled"] else f"disabled ({x.get('disabledReason') or 'by a user'})"
         print(f"{x['id']}  {x['name']}  segment {x['source']['segment']}  {state}")
 
@@ -463,7 +471,9 @@ def _resource_command(sub, name: str, help: str, fn, add_options, id_actions: tu
 
     add = action_parser("add")
     add_options(add)
-    parsers = [add, action_parser("list")]
+    listing = action_parser("list")
+    listing.add_argument("--output", choices=("table", "json"), default="table")
+    parsers = [add, listing]
     for action in id_actions:
         parsers.append(action_parser(action))
         parsers[-1].add_argument("id")
