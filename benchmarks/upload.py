@@ -17,7 +17,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from exporter import config
-from exporter.devhost.cli import ApiClient
+from exporter.devhost.api_client import ApiClient
 from exporter.omnisend.pacing import TARGET_SHARE, WINDOW_MARGIN, Budget
 
 from . import segment as seg

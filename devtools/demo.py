@@ -22,7 +22,7 @@ from azure.storage.blob import BlobServiceClient
 from devtools import azurite
 from devtools.omnisend_sandbox import SandboxServer
 from devtools.sample_segment import generate_profiles, write_segment_refresh
-from exporter.devhost.cli import ApiClient, print_counts, progress_line
+from exporter.devhost.api_client import ApiClient, print_counts, progress_line
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_KEY = "demo-omnisend-api-key-0001"

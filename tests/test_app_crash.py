@@ -18,7 +18,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from devtools.sample_segment import generate_profiles, write_segment_refresh
-from exporter.devhost.cli import ApiClient
+from exporter.devhost.api_client import ApiClient
 from tests.apphelpers import first_valid_rows, wait_for_run
 from tests.conftest import ROOT, TEST_API_KEY, TEST_BRAND
 

@@ -155,7 +155,7 @@ def test_run_wait_ends_for_a_run_that_fails_before_sending(services, workers, sa
 def test_the_report_says_which_changed_members_kept_their_tag():
     import io
 
-    from exporter.devhost.cli import print_counts
+    from exporter.devhost.api_client import print_counts
 
     counts = {"read": 10, "confirmed": 4, "rejected": 0, "rejectedByReason": {}, "duplicates": 0, "failed": 0,
               "failedByReason": {}, "skipped": 6, "tagged": 1, "alreadyTagged": 3, "left": 0, "untagged": 0}

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from .. import config
 from ..config import ConfigurationError
 from ..domain import iso
+from ..lifecycle.poison import POISON_QUEUES
 from ..lifecycle.stuck import stuck_reason
 from ..ncrontab import ScheduleError
 from ..services import Services
@@ -38,8 +39,7 @@ def health(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
         if reason:
             stuck.append({"runId": run.id, "exportId": export_id, "status": run.status.value, "stuck": reason})
             problems.append(f"Run {run.id} of export {export_id} is stuck: {reason}.")
-    poison = {q: svc.queue_length(q) for q in (config.QUEUE_RUNS + config.POISON_SUFFIX,
-                                               config.QUEUE_BATCHES + config.POISON_SUFFIX)}
+    poison = {q: svc.queue_length(q) for q in POISON_QUEUES}
     for q, n in poison.items():
         if n:
             problems.append(f"{n} message(s) wait in {q}.")

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Callable
 
-from .cli import ApiClient, print_counts
+from .api_client import ApiClient, print_counts
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
