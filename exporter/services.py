@@ -21,6 +21,7 @@ from .omnisend import OmnisendClient
 from .omnisend.client import key_id
 from .omnisend.pacing import Budget, RateLimiter
 from .state.batches import BatchRepository
+from .state.changes import ChangesRepository
 from .state.clients import StorageClients
 from .state.connections import ConnectionRepository
 from .state.exports import ExportRepository
@@ -31,6 +32,7 @@ from .state.queues import BatchQueue, RunQueue, WorkQueue
 from .state.rate_budgets import RateBudgets
 from .state.reports import ReportRepository
 from .state.runs import RunRepository
+from .state.samples import SampleRepository
 from .state.secrets import SecretStore, SecretStoreError, secret_store_from_settings
 from .state.spools import Spools
 from .state.tally import TallyRepository
@@ -67,6 +69,8 @@ class Services:
     run_queue: RunQueue = field(init=False, repr=False)
     batch_queue: BatchQueue = field(init=False, repr=False)
     reports: ReportRepository = field(init=False, repr=False)
+    changes: ChangesRepository = field(init=False, repr=False)
+    samples: SampleRepository = field(init=False, repr=False)
     spools: Spools = field(init=False, repr=False)
     states: StateStore = field(init=False, repr=False)
 
@@ -84,6 +88,8 @@ class Services:
         self.run_queue = RunQueue(c.queue(config.QUEUE_RUNS))
         self.batch_queue = BatchQueue(c.queue(config.QUEUE_BATCHES))
         self.reports = ReportRepository(c.artifacts, self.batches)
+        self.changes = ChangesRepository(c.artifacts)
+        self.samples = SampleRepository(c.artifacts)
         self.spools = Spools(c.artifacts)
         self.states = StateStore(c.artifacts)
 

@@ -1,5 +1,7 @@
 """The membership state: compact, sorted, merged correctly, and never half-written."""
 
+import json
+
 import pytest
 
 from exporter.domain import fingerprint, member_key
@@ -47,6 +49,48 @@ def test_state_round_trip_and_lookups(blob_service, unique):
         leavers = {email for _, email in state.leavers()}
         assert leavers == {f"p{k}@example.com" for k in range(1, 1000, 2)}
         state.close()
+    finally:
+        container.delete_container()
+
+
+def test_field_marks_survive_upserts_the_state_blob_and_a_load(blob_service, unique):
+    container = blob_service.create_container(f"state{unique}")
+    try:
+        store = StateStore(container)
+        u = Upserts()
+        for i in range(50):
+            u.add(member_key(f"p{i}@example.com"), i | (i + 1000 | i << 70) << 64, f"p{i}@example.com")
+        store.write(header(), u.sorted())
+        state = store.load("e1")
+        i = state.find(member_key("p7@example.com"))
+        assert (state.fps[i], state.marks(i)) == (7, 1007 | 7 << 70)
+        assert {fp for _, fp, _ in state.records()} == {i | (i + 1000 | i << 70) << 64 for i in range(50)}
+        state.close()
+    finally:
+        container.delete_container()
+
+
+def test_a_state_of_format_1_is_read_with_unknown_marks_and_written_back_in_format_2(blob_service, unique):
+    from exporter.state.membership import RECORDS
+
+    container = blob_service.create_container(f"state{unique}")
+    try:
+        old = StateHeader("e1", "c1", "sync", "VIP", "r0", 2, version=1)
+        body = {"version": 1, **{k: v for k, v in json.loads(old.to_json()).items() if k != "version"}}
+        emails = sorted(["a@example.com", "b@example.com"], key=member_key)
+        data = json.dumps(body).encode() + b"\n" + b"".join(
+            RECORDS[1].pack(member_key(e), 5, len(e)) + e.encode() for e in emails)
+        container.get_blob_client("state/e1/members-r0.bin").upload_blob(data)
+        container.get_blob_client("state/e1/current.json").upload_blob(json.dumps({"blob": "state/e1/members-r0.bin"}))
+        store = StateStore(container)
+        state = store.load("e1")
+        assert state.header.version == 1 and list(state.fps) == [5, 5] and [state.marks(i) for i in (0, 1)] == [0, 0]
+        store.write(header("r1"), state.records())
+        state.close()
+        again = store.load("e1")
+        assert again.header.version == 2 and list(again.fps) == [5, 5] and [again.marks(i) for i in (0, 1)] == [0, 0]
+        assert [e for _, _, e in again.records()] == emails
+        again.close()
     finally:
         container.delete_container()
 
@@ -126,25 +170,37 @@ def test_lookups_find_every_member_and_nobody_else(tmp_path, n):
     with open(path, "wb") as f:
         f.write(header().to_json().encode() + b"\n")
         for k in keys:
-            f.write(RECORD.pack(k, k ^ 1, 1) + b"x")
+            f.write(RECORD.pack(k, k ^ 1, k, k >> 1, 1) + b"x")
     state = MemberState(header(), str(path))
     assert list(state.keys) == keys and len(state) == len(keys)
-    assert all(state.find(k) == i and state.fps[i] == k ^ 1 for i, k in enumerate(keys))
+    assert all(state.find(k) == i and state.fps[i] == k ^ 1 and state.marks(i) == k >> 1 << 64 | k
+               for i, k in enumerate(keys))
     others = [rng.getrandbits(64) for _ in range(2000)] + [0, 1, 2**63, 2**64 - 1]
     assert all(state.find(k) == -1 for k in others if k not in set(keys))
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
-def test_records_are_read_whole_across_read_boundaries(tmp_path, chunk):
+def test_records_are_read_whole_across_read_boundaries(tmp_path, chunk, version):
     import io
 
-    from exporter.state.membership import RECORD, _records
+    from exporter.state.membership import RECORDS, _records
 
-    records = [(i * 7919, i, f"person{i}@exämple.com" * (i % 3)) for i in range(200)]
-    data = b"".join(RECORD.pack(k, fp, len(e.encode())) + e.encode() for k, fp, e in records)
-    assert list(_records(io.BytesIO(data), chunk=chunk)) == records
-    assert list(_records(io.BytesIO(data), emails=False, chunk=chunk)) == [(k, fp, None) for k, fp, _ in records]
+    marked = version >= 2  # format 1 has no field marks: they read as 0
+    records = [(i * 7919, i | ((i * 31 | (i + 5) << 64) << 64 if marked else 0), f"person{i}@exämple.com" * (i % 3))
+               for i in range(200)]
+    record = RECORDS[version]
+
+    def pack(k, fp, e):
+        raw = e.encode()
+        marks = fp >> 64
+        fields = (k, fp & (2**64 - 1), marks & (2**64 - 1), marks >> 64, len(raw)) if marked else (k, fp, len(raw))
+        return record.pack(*fields) + raw
+
+    data = b"".join(pack(*r) for r in records)
+    assert list(_records(io.BytesIO(data), version, chunk=chunk)) == records
+    assert list(_records(io.BytesIO(data), version, emails=False, chunk=chunk)) == [(k, fp, None) for k, fp, _ in records]
     with pytest.raises(ValueError):
-        list(_records(io.BytesIO(data[:-3]), chunk=chunk))
+        list(_records(io.BytesIO(data[:-3]), version, chunk=chunk))
     with pytest.raises(ValueError):
-        list(_records(io.BytesIO(data[:-3]), emails=False, chunk=chunk))
+        list(_records(io.BytesIO(data[:-3]), version, emails=False, chunk=chunk))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterable
+
+from azure.core.exceptions import ResourceNotFoundError
 
 from .. import segments
 from ..domain import Connection, Run, Trigger
 from ..lifecycle.cancel import AlreadyEndedError
 from ..lifecycle.cancel import cancel_run as cancel
 from ..lifecycle.retry import RetryError, retry_failed_batches
-from ..lifecycle.start import RunConflictError, start_run
+from ..lifecycle.start import RunConflictError, start_preview, start_run
 from ..lifecycle.stuck import stuck_reason
 from ..services import Services
 from .access import Caller, require_member, require_use_of
@@ -20,6 +23,9 @@ from .http import ApiRequest, ApiResponse, Conflict, NotFound, flag, known_id
 def _run_body(req: ApiRequest, run: Run, now=None) -> dict:
     body = run.to_api(status_url=f"{req.base_url()}/runs/{run.id}")
     body["stuck"] = stuck_reason(run, now) if now is not None and not run.status.is_final else None
+    body["rejectsUrl"] = f"{req.base_url()}/runs/{run.id}/rejects"
+    if run.changes_kept:
+        body["changesUrl"] = f"{req.base_url()}/runs/{run.id}/changes"
     return body
 
 
@@ -40,11 +46,14 @@ def start_export_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiRespo
         raise Conflict("Refresh still being written", str(e)) from None
     except segments.SegmentSourceError as e:
         raise Conflict("Segment unreadable", str(e)) from None
-    try:
-        run = start_run(svc, export, Trigger.MANUAL.value, refresh, full=flag(req, "full"),
-                        confirm=flag(req, "confirm"))
-    except RunConflictError as e:
-        raise Conflict("Run in progress", str(e), {"activeRunId": e.active_run_id}) from None
+    if flag(req, "dryRun"):
+        run = start_preview(svc, export, refresh, full=flag(req, "full"))
+    else:
+        try:
+            run = start_run(svc, export, Trigger.MANUAL.value, refresh, full=flag(req, "full"),
+                            confirm=flag(req, "confirm"))
+        except RunConflictError as e:
+            raise Conflict("Run in progress", str(e), {"activeRunId": e.active_run_id}) from None
     body = _run_body(req, run)
     return ApiResponse(202, body, headers={"Location": body["statusUrl"]})
 
@@ -60,7 +69,11 @@ def _get_run(svc: Services, caller: Caller, run_id: str) -> Run:
 
 
 def get_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
-    return ApiResponse(200, _run_body(req, _get_run(svc, caller, req.route_params["id"]), svc.clock()))
+    run = _get_run(svc, caller, req.route_params["id"])
+    body = _run_body(req, run, svc.clock())
+    if run.is_preview and run.preview is not None:  # who may see the run may see its report, and its sample
+        body["preview"]["sample"] = svc.samples.read(run.id) or []
+    return ApiResponse(200, body)
 
 
 def list_export_runs(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
@@ -88,6 +101,21 @@ def get_run_rejects(svc: Services, caller: Caller, req: ApiRequest) -> ApiRespon
     chunks: Iterable[bytes] = svc.reports.read(run.id)
     return ApiResponse(200, b"".join(chunks), "text/csv; charset=utf-8",
                        {"Content-Disposition": f'attachment; filename="run-{run.id}-rejects.csv"'})
+
+
+def get_run_changes(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
+    """The run's membership changes as planned (``state/changes.py``), as CSV."""
+    run = _get_run(svc, caller, req.route_params["id"])
+    if not run.changes_kept:
+        raise NotFound(f"Run {run.id} has no changes report: it ended before its refresh was read, or it was "
+                       "planned before the exporter kept one.")
+    try:
+        chunks = svc.changes.read(run.id)
+        first = next(chunks, b"")  # a missing blob raises here, before the answer starts
+    except ResourceNotFoundError:
+        raise NotFound(f"The changes report of run {run.id} is gone (deleted with its files).") from None
+    return ApiResponse(200, itertools.chain([first], chunks), "text/csv; charset=utf-8",
+                       {"Content-Disposition": f'attachment; filename="run-{run.id}-changes.csv"'})
 
 
 def cancel_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:

@@ -34,6 +34,9 @@ def to_http_response(res: api.ApiResponse) -> func.HttpResponse:
         body = b""
     elif isinstance(res.body, (bytes, bytearray)):
         body = bytes(res.body)
+    elif not isinstance(res.body, (dict, list)):
+        # a streamed file (a report): the v2 model's HttpResponse takes one body, so it is joined here
+        body = b"".join(res.body)
     else:
         body = scrub(json.dumps(res.body)).encode()  # an error quoting someone's words never shows a key
     return func.HttpResponse(body=body, status_code=res.status, headers=res.headers, mimetype=res.content_type.split(";")[0],
@@ -88,6 +91,11 @@ def run(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="runs/{id}/rejects", methods=["GET"], auth_level=ANON)
 def run_rejects(req: func.HttpRequest) -> func.HttpResponse:
     return serve(req, GET=api.get_run_rejects)
+
+
+@bp.route(route="runs/{id}/changes", methods=["GET"], auth_level=ANON)
+def run_changes(req: func.HttpRequest) -> func.HttpResponse:
+    return serve(req, GET=api.get_run_changes)
 
 
 @bp.route(route="runs/{id}/cancel", methods=["POST"], auth_level=ANON)

@@ -7,13 +7,25 @@ from .batches import Batch, BatchKind, BatchStatus, Failure
 from .common import iso, new_id, parse_iso, utcnow
 from .connections import Connection
 from .exports import MAPPABLE_FIELDS, TAG_PATTERN, Consent, Export, Mapping, Source, safe_tag
-from .members import KeySet, email_key, fingerprint, member_key
+from .members import (
+    FP_MASK,
+    MARKED_FIELDS,
+    KeySet,
+    changed_fields,
+    email_key,
+    field_mark,
+    fingerprint,
+    member_key,
+    planned_fp,
+)
 from .refresh import Refresh
-from .runs import Run, RunCounts, RunStatus, Trigger
+from .runs import Estimate, PreviewResult, Run, RunCounts, RunKind, RunStatus, Trigger
 from .tally import TagPlanning, Tally
 
 __all__ = [
-    "MAPPABLE_FIELDS", "TAG_PATTERN", "Batch", "BatchKind", "BatchStatus", "Connection", "Consent", "Export",
-    "Failure", "KeySet", "Mapping", "Refresh", "Run", "RunCounts", "RunStatus", "Source", "TagPlanning", "Tally",
-    "Trigger", "email_key", "fingerprint", "iso", "member_key", "new_id", "parse_iso", "safe_tag", "utcnow",
+    "Batch", "BatchKind", "BatchStatus", "Connection", "Consent", "Estimate", "Export", "FP_MASK", "Failure",
+    "KeySet", "MAPPABLE_FIELDS", "MARKED_FIELDS", "Mapping", "PreviewResult", "Refresh", "Run", "RunCounts",
+    "RunKind", "RunStatus", "Source", "TAG_PATTERN", "TagPlanning", "Tally", "Trigger", "changed_fields",
+    "email_key", "field_mark", "fingerprint", "iso", "member_key", "new_id", "parse_iso", "planned_fp", "safe_tag",
+    "utcnow",
 ]

@@ -35,6 +35,13 @@ class Trigger(str, Enum):
     MANUAL = "manual"
 
 
+class RunKind(str, Enum):
+    RUN = "run"
+    # planning only: what a run would do, without sending, writing membership state, taking rate
+    # budget or counting as the refresh's run for the timer
+    PREVIEW = "preview"
+
+
 @dataclass
 class RunCounts:
     """Where every input row went. When a run ends: read = rejected + duplicates + confirmed + failed + skipped."""
@@ -43,7 +50,10 @@ class RunCounts:
     rejected: int = api_field()
     rejected_by_reason: dict[str, int] = api_field(dict)
     duplicates: int = api_field()
-    queued: int = api_field()  # valid contacts put in batches for Omnisend
+    queued: int = api_field()  # valid contacts put in batches for Omnisend (joined + changed)
+    joined: int = api_field()  # of those, members not in the last confirmed state
+    changed: int = api_field()  # members of the last confirmed state sent again: a field changed, or a full run
+    changed_fields: dict[str, int] = api_field(dict)  # changed members by field that changed ("unknown": not known)
     sent: int = api_field()  # contacts in batches Omnisend accepted
     confirmed: int = api_field()  # contacts Omnisend reported as stored
     failed: int = api_field()  # contacts that did not land at Omnisend
@@ -102,10 +112,18 @@ class Run:
     confirm: bool = False  # started with ?confirm=true: the export's safety thresholds do not stop it
     held: bool = False  # stopped by a safety threshold before sending: a run with confirm would go through
     progress_at: datetime | None = None  # last change of the run or of its tally (storage time)
+    kind: RunKind = RunKind.RUN
+    changes_kept: bool = False  # planning read the refresh and wrote the changes report
+    preview: "PreviewResult | None" = None  # a preview's result, once it is planned
+
+    @property
+    def is_preview(self) -> bool:
+        return self.kind is RunKind.PREVIEW
 
     def to_api(self, status_url: str | None = None) -> dict:
         body = {
             "runId": self.id,
+            "kind": self.kind.value,
             "exportId": self.export_id,
             "connectionId": self.connection_id,
             "trigger": self.trigger,
@@ -123,6 +141,55 @@ class Run:
             if self.refresh_folder
             else None,
         }
+        if self.preview is not None:
+            body["preview"] = self.preview.to_api()
         if status_url:
             body["statusUrl"] = status_url
         return body
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """How long a run would take at the connection's budget: its Omnisend requests paced as the
+    pacer paces them (``omnisend/pacing.py``), after planning as long as the preview's own."""
+
+    seconds: float
+    planning_seconds: float
+    contact_batches: int  # POST /batches of up to 100 contacts
+    contact_requests: int  # those, and the reads of their results
+    tag_calls: int  # POST /contacts/tags and .../remove (they count in the general budget too)
+    requests_per_window: int  # the connection's general budget
+    tag_calls_per_window: int
+    window_seconds: int
+
+    def to_api(self) -> dict:
+        return {"seconds": round(self.seconds, 1), "planningSeconds": round(self.planning_seconds, 1),
+                "contactBatches": self.contact_batches, "contactRequests": self.contact_requests, "tagCalls": self.tag_calls,
+                "requestsPerWindow": self.requests_per_window, "tagCallsPerWindow": self.tag_calls_per_window,
+                "windowSeconds": self.window_seconds}
+
+    @classmethod
+    def from_api(cls, d: dict) -> "Estimate":
+        return cls(d["seconds"], d["planningSeconds"], d["contactBatches"], d["contactRequests"], d["tagCalls"], d["requestsPerWindow"],
+                   d["tagCallsPerWindow"], d["windowSeconds"])
+
+
+@dataclass(frozen=True)
+class PreviewResult:
+    """What a preview found a run would do (its counts are the run's counts)."""
+
+    tag: str | None  # added to members who do not hold it yet
+    tag_additions: int
+    tag_removed: str | None  # removed from members who left (the tag of the last confirmed state)
+    tag_removals: int
+    would_stop: str | None  # why a real run would stop before sending (a threshold, the contract limit)
+    estimate: Estimate
+
+    def to_api(self) -> dict:
+        return {"tag": self.tag, "tagAdditions": self.tag_additions, "tagRemoved": self.tag_removed,
+                "tagRemovals": self.tag_removals, "wouldStop": self.would_stop, "estimate": self.estimate.to_api()}
+
+    @classmethod
+    def from_api(cls, d: dict) -> "PreviewResult":
+        return cls(d["tag"], d["tagAdditions"], d["tagRemoved"], d["tagRemovals"], d["wouldStop"],
+                   Estimate.from_api(d["estimate"]))

@@ -44,6 +44,8 @@ def delete_history(svc: Services, export_id: str) -> int:
     for run_id in run_ids:
         svc.batches.delete_run(run_id)
         svc.reports.delete(run_id)
+        svc.changes.delete(run_id)
+        svc.samples.delete(run_id)
         svc.spools.of(run_id).delete()
         svc.runs.delete(export_id, run_id)
     svc.locks.release(export_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import telemetry
-from ..domain import Refresh, Run, RunCounts, RunStatus, Tally
+from ..domain import PreviewResult, Refresh, Run, RunCounts, RunStatus, Tally
 from ..domain.reasons import REASON_NOT_SENT_UNREADABLE
 from ..logs import get_logger
 from ..services import Services
@@ -39,6 +39,7 @@ def claim_for_planning(svc: Services, run_id: str, redelivered: bool) -> tuple[R
 def _copy_planning_counts(c: RunCounts, counts: RunCounts) -> None:
     c.read, c.rejected, c.rejected_by_reason = counts.read, counts.rejected, dict(counts.rejected_by_reason)
     c.duplicates, c.queued = counts.duplicates, counts.queued
+    c.joined, c.changed, c.changed_fields = counts.joined, counts.changed, dict(counts.changed_fields)
     c.skipped, c.left, c.already_tagged = counts.skipped, counts.left, counts.already_tagged
 
 
@@ -54,6 +55,7 @@ def record_plan(svc: Services, run_id: str, counts: RunCounts, refresh: Refresh,
         _copy_planning_counts(run.counts, counts)
         run.counts.batches = counts.batches
         run.refresh_folder, run.refresh_fingerprint = refresh.folder, refresh.fingerprint
+        run.changes_kept = True
         if run.status is RunStatus.PLANNING:
             run.status = RunStatus.UPLOADING
 
@@ -87,8 +89,9 @@ def abandon(svc: Services, run_id: str, counts: RunCounts, refresh: Refresh | No
         _copy_planning_counts(run.counts, counts)
         run.counts.batches, run.counts.left, run.counts.already_tagged = 0, 0, 0
         run.counts.add_failures(reason, unsent)
-        if refresh is not None:
+        if refresh is not None:  # the refresh was read: its changes report was written
             run.refresh_folder, run.refresh_fingerprint = refresh.folder, refresh.fingerprint
+            run.changes_kept = True
         if not run.status.is_final:  # a run cancelled while planning stays cancelled
             run.held = held
             if error:
@@ -98,9 +101,13 @@ def abandon(svc: Services, run_id: str, counts: RunCounts, refresh: Refresh | No
         run.counts_final = True
 
     run = svc.runs.update(run_id, mutate)
-    log.warning("run ended %s before sending: %s", run.status.value, error or reason,
-                extra={"run_id": run_id, "export_id": run.export_id})
-    telemetry.run_ended(run)
+    if run.is_preview:  # nothing would have been sent anyway: no alert, no run metrics
+        log.info("preview ended %s: %s", run.status.value, error or reason,
+                 extra={"run_id": run_id, "export_id": run.export_id})
+    else:
+        log.warning("run ended %s before sending: %s", run.status.value, error or reason,
+                    extra={"run_id": run_id, "export_id": run.export_id})
+        telemetry.run_ended(run)
 
     def nothing_sent(t: Tally) -> None:
         t.planned = 0
@@ -129,3 +136,24 @@ def note_empty_refresh(svc: Services, run_id: str, refresh: Refresh, left: int) 
 
     svc.runs.update(run_id, mutate)
     log.warning("refresh %s has no rows; %d members left", refresh.folder, left)
+
+
+def record_preview(svc: Services, run_id: str, counts: RunCounts, refresh: Refresh, preview: PreviewResult) -> Run:
+    """A preview is planned: its counts and result go on the run, which ends. Nothing was sent, so
+    there is no tally to wait for; a preview cancelled meanwhile stays cancelled."""
+
+    def mutate(run: Run):
+        _copy_planning_counts(run.counts, counts)
+        run.counts.batches = 0  # none exists: the estimate says how many a run would send
+        run.refresh_folder, run.refresh_fingerprint = refresh.folder, refresh.fingerprint
+        run.preview = preview
+        run.changes_kept = True
+        if not run.status.is_final:
+            run.status, run.finished_at = RunStatus.SUCCEEDED, svc.clock()
+        run.counts_final = True
+
+    run = svc.runs.update(run_id, mutate)
+    log.info("preview %s: %d would be sent (%d joined, %d changed), %d unchanged, %d would leave; about %.0f s",
+             run.status.value, counts.queued, counts.joined, counts.changed, counts.skipped, counts.left,
+             preview.estimate.seconds)
+    return run

@@ -52,6 +52,9 @@ def retry_failed_batches(svc: Services, run_id: str) -> tuple[Run, int]:
         raise KeyError(run_id)
     if not run.status.is_final:
         raise RetryError(f"Run {run_id} is still {run.status.value}; retry its failed batches once it has ended.")
+    if run.is_preview:
+        raise RetryError(f"Run {run_id} is a preview: it sends nothing, so it has nothing to retry. Start a run of the "
+                         "export instead.")
     if svc.exports.get(run.export_id) is None:
         raise RetryError(f"The export of run {run_id} was deleted; its batches are not sent again.")
     if svc.connections.get(run.connection_id) is None:

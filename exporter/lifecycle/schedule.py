@@ -16,7 +16,7 @@ from ..logs import get_logger
 from ..services import Services
 from .connections import purge_retired
 from .poison import report_poison
-from .start import RunConflictError, active_run, last_succeeded_run, start_run
+from .start import RunConflictError, active_run, last_succeeded_run, latest_run, start_run
 from .stuck import reconcile
 
 log = get_logger(__name__)
@@ -76,7 +76,7 @@ def _consider(svc: Services, export: Export, result: TickResult) -> None:
     if last is not None and last.refresh_fingerprint == refresh.fingerprint:
         result.up_to_date.append(export.id)
         return
-    latest = next(iter(svc.runs.list(export.id, limit=1)), None)
+    latest = latest_run(svc, export.id)
     if latest is not None and latest.refresh_fingerprint == refresh.fingerprint and stopped_for_good(latest):
         result.held.append(export.id)  # running it again would stop the same way, at every tick
         return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from ..domain import Export, Refresh, Run, RunCounts, RunStatus
+from ..domain import Export, Refresh, Run, RunCounts, RunKind, RunStatus, Trigger
 from ..logs import get_logger
 from ..messages import PlanRun
 from ..services import Services
@@ -42,10 +42,16 @@ def active_run(svc: Services, export_id: str) -> Run | None:
 
 
 def last_succeeded_run(svc: Services, export_id: str) -> Run | None:
+    """The newest run that reached Omnisend (a preview never did)."""
     for run in svc.runs.list(export_id, limit=50):
-        if run.status in (RunStatus.SUCCEEDED, RunStatus.PARTIALLY_SUCCEEDED):
+        if not run.is_preview and run.status in (RunStatus.SUCCEEDED, RunStatus.PARTIALLY_SUCCEEDED):
             return run
     return None
+
+
+def latest_run(svc: Services, export_id: str) -> Run | None:
+    """The newest run, previews aside."""
+    return next((r for r in svc.runs.list(export_id, limit=50) if not r.is_preview), None)
 
 
 def start_run(svc: Services, export: Export, trigger: str, refresh: Refresh | None = None, full: bool = False,
@@ -74,4 +80,20 @@ def start_run(svc: Services, export: Export, trigger: str, refresh: Refresh | No
     svc.runs.create(run)
     svc.run_queue.send(PlanRun(run.id))
     log.info("run queued", extra={"run_id": run.id, "export_id": export.id, "trigger": trigger})
+    return run
+
+
+def start_preview(svc: Services, export: Export, refresh: Refresh | None = None, full: bool = False) -> Run:
+    """Record a queued preview and hand it to the planner queue, as a run.
+
+    A preview takes no lock: it sends nothing and writes no membership state, so it may plan beside a
+    run (and a run may start while a preview plans). It reads the state the last confirmed run left.
+    """
+    run = Run(id=new_run_id(), export_id=export.id, connection_id=export.connection_id, trigger=Trigger.MANUAL.value,
+              status=RunStatus.QUEUED, counts=RunCounts(), created_at=svc.clock(),
+              refresh_folder=refresh.folder if refresh else None,
+              refresh_fingerprint=refresh.fingerprint if refresh else None, full=full, kind=RunKind.PREVIEW)
+    svc.runs.create(run)
+    svc.run_queue.send(PlanRun(run.id))
+    log.info("preview queued", extra={"run_id": run.id, "export_id": export.id})
     return run

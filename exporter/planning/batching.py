@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 from ..domain import BatchKind, Run, RunCounts
 from ..messages import TagBatch, encode_send, send_head
@@ -53,7 +53,7 @@ class BatchBuilder:
 
     def add(self, contact_json: str, partition: str, row: int, fp: int = 0) -> None:
         p = self._pending
-        extra = len(contact_json) + 38
+        extra = len(contact_json) + 78  # its ref ("[i,row],"), its planned fingerprint (up to 58 digits), commas
         if (p is None or partition != p.partition or len(p.contacts) >= MAX_BATCH_CONTACTS
                 or p.chars + extra > MAX_MESSAGE_CHARS):
             p = self._make_room(partition, extra)
@@ -103,9 +103,10 @@ class BatchBuilder:
         self._pending = None
 
 
-def spool_untags(run: Run, state: MemberState, spool: LineSink, counts: RunCounts) -> int:
+def spool_untags(run: Run, state: MemberState, spool: LineSink, counts: RunCounts,
+                 on_leaver: Callable[[str], None] = lambda email: None) -> int:
     """Spool removal of the membership tag for members of the last confirmed state who left, 250
-    emails a batch; counts them as ``left``. Returns the number of untag batches."""
+    emails a batch; counts them as ``left`` (and tells ``on_leaver``). Returns the number of untag batches."""
     number = 0
     emails: list[str] = []
 
@@ -120,6 +121,7 @@ def spool_untags(run: Run, state: MemberState, spool: LineSink, counts: RunCount
 
     for _, email in state.leavers():
         counts.left += 1
+        on_leaver(email)
         emails.append(email)
         if len(emails) >= MAX_EMAILS_PER_TAG_REQUEST:
             flush()

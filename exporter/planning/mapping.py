@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps uses for str (ensure_ascii)
 
-from ..domain import MAPPABLE_FIELDS, Consent, Mapping
+from ..domain import MAPPABLE_FIELDS, MARKED_FIELDS, Consent, Mapping, field_mark
 from ..domain.reasons import (
     REASON_CONTROL_CHARACTER,
     REASON_INVALID_CONSENT_DATE,
@@ -106,7 +106,9 @@ class ContactMapper:
         self._json_mid = '}},"sendWelcomeMessage":' + welcome + "}]"
         self._json_unknown = ',"channels":{"email":{"status":"nonSubscribed","statusChangedAt":' + \
             _json_str(UNKNOWN_CONSENT_AT)
-        self._json_fields = tuple((f',"{api}":', i, api == "country") for api, i in self.field_indexes)
+        self._json_fields = tuple((f',"{api}":', i, api == "country", MARKED_FIELDS.index(api))
+                                  for api, i in self.field_indexes)
+        self._consent_slot = MARKED_FIELDS.index("consent")
 
     def _channel(self, fields: list[str]) -> dict | Rejection:
         unknown = {"status": "nonSubscribed", "statusChangedAt": UNKNOWN_CONSENT_AT}
@@ -168,13 +170,14 @@ class ContactMapper:
         return contact
 
 
-    def map_json(self, fields: list[str], dated_at: str) -> tuple[str, str, str] | Rejection:
-        """The planner's fast path: ``(email, fingerprint text, text to send)`` or a Rejection.
+    def map_json(self, fields: list[str], dated_at: str) -> tuple[str, str, str, int] | Rejection:
+        """The planner's fast path: ``(email, fingerprint text, text to send, field marks)`` or a Rejection.
 
         The same checks, in the same order, as ``map``; the texts are what ``json.dumps`` with
         ``separators=(",", ":")`` makes of ``map``'s contact, without building it. The fingerprint
         text is the contact as mapped; the text to send differs only for a consent status without
-        a date column, which is dated ``dated_at`` (the refresh's time) after fingerprinting.
+        a date column, which is dated ``dated_at`` (the refresh's time) after fingerprinting. The
+        marks (``domain.members.field_mark``) are taken of the same pieces as the fingerprint.
         """
         email = fields[self.email_index].strip()
         if not email:
@@ -193,9 +196,11 @@ class ContactMapper:
                 channel += ',"statusChangedAt":' + _json_str(c["statusChangedAt"])
             else:
                 undated = channel + ',"statusChangedAt":' + _json_str(dated_at)
-        parts = [self._json_head, _json_str(email), channel, self._json_mid]
+        email_json = _json_str(email)
+        marks = field_mark(0, email_json) | field_mark(self._consent_slot, channel)
+        parts = [self._json_head, email_json, channel, self._json_mid]
         append, search_control = parts.append, _CONTROL.search
-        for key, i, is_country in self._json_fields:
+        for key, i, is_country, slot in self._json_fields:
             value = fields[i].strip()
             if not value:
                 continue
@@ -207,16 +212,18 @@ class ContactMapper:
                 return _control_character(key[2:-2], control.group())
             if is_country and len(value) == 2 and value.upper() in ISO_ALPHA2:
                 append(',"countryCode":')
-                append(_json_str(value.upper()))
+                value_json = _json_str(value.upper())
             else:
                 append(key)
-                append(_json_str(value))
+                value_json = _json_str(value)
+            append(value_json)
+            marks |= field_mark(slot, value_json)
         append("}")
         text = "".join(parts)
         if undated is None:
-            return email, text, text
+            return email, text, text, marks
         parts[2] = undated
-        return email, text, "".join(parts)
+        return email, text, "".join(parts), marks
 
 
 def _control_character(api: str, char: str) -> Rejection:

@@ -10,11 +10,15 @@ leaves the platform. The run's status changes in ``lifecycle.plan_status``; this
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timezone
+from typing import NamedTuple
 
 from .. import segments
-from ..domain import Connection, Export, KeySet, Refresh, Run, RunCounts
+from ..domain import FP_MASK, Connection, Export, KeySet, Refresh, Run, RunCounts, changed_fields
+from ..domain.members import FP_BITS
 from ..domain.reasons import (
     REASON_CONTACT_TOO_LARGE,
     REASON_DUPLICATE,
@@ -24,16 +28,25 @@ from ..domain.reasons import (
     REASON_NOT_SENT_THRESHOLD,
     REASON_NOT_SENT_UNREADABLE,
 )
-from ..lifecycle.plan_status import abandon, claim_for_planning, fail_before_reading, note_empty_refresh, record_plan
+from ..lifecycle.plan_status import (
+    abandon,
+    claim_for_planning,
+    fail_before_reading,
+    note_empty_refresh,
+    record_plan,
+    record_preview,
+)
 from ..lifecycle.tag_planning import start_tag_waves
 from ..logs import get_logger, log_context
 from ..services import Services
+from ..state.changes import UNKNOWN_FIELDS, ChangesWriter
 from ..state.membership import MemberState
 from ..state.reports import ReportWriter
 from .batching import BatchBuilder, spool_untags
 from .enqueue import EnqueueError, enqueue
 from .mapping import ContactMapper, ContactOptions, MappingError
 from .prepared_rows import RejectedRow, prepared_rows
+from .preview import preview_result
 from .safety import threshold_stop
 from .spool import Spool, report_unsent
 
@@ -111,22 +124,32 @@ def _plan(svc: Services, run: Run) -> Run:
 
 def _plan_rows(svc: Services, run: Run, src: _Source) -> Run:
     counts = RunCounts()
+    began = time.monotonic()
     svc.reports.create(run.id)
     report = svc.reports.open(run.id)
-    log.info("planning %s", src.refresh.folder)
+    changes = svc.changes.create(run.id)
+    log.info("planning %s%s", src.refresh.folder, " (preview: nothing is sent)" if run.is_preview else "")
     with Spool(svc.spools.of(run.id), run) as spool:
         builder = BatchBuilder(run, spool)
         try:
-            _batch_rows(svc, src, counts, report, builder)
-            untags = spool_untags(run, src.state, spool, counts) if src.state is not None else 0
+            _batch_rows(svc, src, counts, report, builder, changes)
+            untags = spool_untags(run, src.state, spool, counts, changes.left) if src.state is not None else 0
         except segments.SegmentSourceError as e:
             builder.flush()  # the contacts of the last, partly filled batch are listed as not sent too
             counts.queued = builder.contacts
             report_unsent(report, spool, REASON_NOT_SENT_UNREADABLE, str(e))
             report.close()
-            return abandon(svc, run.id, counts, src.refresh, REASON_NOT_SENT_UNREADABLE, f"{e} Nothing was sent.")
+            changes.close()
+            nothing = "Nothing would be sent." if run.is_preview else "Nothing was sent."
+            return abandon(svc, run.id, counts, src.refresh, REASON_NOT_SENT_UNREADABLE, f"{e} {nothing}")
         report.close()
+        changes.close()
         counts.queued, counts.batches = builder.contacts, builder.batches
+        if run.is_preview:
+            stop = _stop_before_sending(src, run, counts)
+            result = preview_result(svc, run.id, src.export, src.state, counts, untags, spool,
+                                    stop.error if stop else None, time.monotonic() - began)
+            return record_preview(svc, run.id, counts, src.refresh, result)
         ended = _reason_not_to_send(svc, run, src, counts, spool)
         if ended is not None:
             return ended
@@ -143,16 +166,21 @@ def _plan_rows(svc: Services, run: Run, src: _Source) -> Run:
     return run
 
 
-def _batch_rows(svc: Services, src: _Source, counts: RunCounts, report: ReportWriter, builder: BatchBuilder) -> None:
-    """Every row of the refresh counted, rejected with its reason, skipped as unchanged, or batched.
+def _batch_rows(svc: Services, src: _Source, counts: RunCounts, report: ReportWriter, builder: BatchBuilder,
+                changes: ChangesWriter) -> None:
+    """Every row of the refresh counted, rejected with its reason, skipped as unchanged, or batched
+    (and listed in the changes report as joined or changed).
 
     The loop runs for every row of the segment: names are bound once, and the usual row is a few
     lookups and appends.
     """
     seen = KeySet()  # member keys (64-bit hashes of casefolded emails), not the addresses
     add, fits_alone, remember, mark_tagged = builder.add, builder.fits_alone, seen.add, builder.mark_tagged
+    joined, changed = changes.joined, changes.changed
+    by_field: Counter[str] = Counter()
     state = src.state
     find = state.find if state is not None else None
+    fps, marks = (state.fps, state.marks) if state is not None else (None, None)  # marks: a method
     rows = prepared_rows(svc.settings, src.container, src.refresh, src.schema, src.mapper, src.refreshed_at)
     try:
         for row in rows:
@@ -167,12 +195,13 @@ def _batch_rows(svc: Services, src: _Source, counts: RunCounts, report: ReportWr
                 report.add("planning", partition, number, email, REASON_DUPLICATE, "an earlier row has the same email")
                 continue
             tagged = False
+            i = -1
             if find is not None:
                 i = find(key)
                 if i >= 0:
                     state.present[i] = 1
                     if src.diffing:
-                        if state.fps[i] == fp:
+                        if fps[i] == fp & FP_MASK:
                             remember(key)
                             counts.skipped += 1  # Omnisend already holds exactly this
                             continue
@@ -189,26 +218,50 @@ def _batch_rows(svc: Services, src: _Source, counts: RunCounts, report: ReportWr
             if tagged:
                 mark_tagged()
                 counts.already_tagged += 1
+            if i < 0:
+                counts.joined += 1
+                joined(email)
+                continue
+            counts.changed += 1  # a field changed, or everyone is sent (a full run, a new mapping or tag)
+            fields = changed_fields(marks(i), fp >> FP_BITS)
+            by_field.update(fields if fields is not None else (UNKNOWN_FIELDS,))
+            changed(email, fields)
         builder.flush()
     finally:
         rows.close()  # stops a reader process still running (planning ended early)
         seen.clear()
+        counts.changed_fields = dict(by_field)
+
+
+class _Stop(NamedTuple):
+    reason: str  # what the unsent contacts are counted as
+    detail: str  # for the report
+    error: str
+    held: bool = False  # a safety threshold: the same run with confirm goes through
+
+
+def _stop_before_sending(src: _Source, run: Run, counts: RunCounts) -> _Stop | None:
+    """The plan's own reasons not to send it: the contract limit and the safety thresholds (a preview
+    reports them as what a run would do)."""
+    limit = src.connection.max_profiles_per_export
+    valid = counts.queued + counts.skipped
+    if limit is not None and valid > limit:
+        return _Stop(REASON_NOT_SENT_OVER_LIMIT, f"the segment has {valid} valid profiles; the connection allows {limit}",
+                     f"The segment has {valid} valid profiles, more than the {limit} allowed per export by "
+                     f"connection {src.connection.display_name!r} (the Omnisend contract limit). Nothing was sent.")
+    stop = threshold_stop(src.export, run, counts, len(src.state) if src.state is not None else 0)
+    if stop is not None:
+        return _Stop(REASON_NOT_SENT_THRESHOLD, "the run stopped at the export's safety threshold before sending",
+                     stop.error, stop.held)
+    return None
 
 
 def _reason_not_to_send(svc: Services, run: Run, src: _Source, counts: RunCounts, spool: Spool) -> Run | None:
     """The last checks before anything leaves: the contract limit, the safety thresholds, a run ended
     meanwhile, a connection removed meanwhile. Returns the run, ended with its contacts reported as not sent, or None: send."""
-    limit = src.connection.max_profiles_per_export
-    valid = counts.queued + counts.skipped
-    if limit is not None and valid > limit:
-        return _end_unsent(svc, run, src, counts, spool, REASON_NOT_SENT_OVER_LIMIT,
-                           f"the segment has {valid} valid profiles; the connection allows {limit}",
-                           f"The segment has {valid} valid profiles, more than the {limit} allowed per export by "
-                           f"connection {src.connection.display_name!r} (the Omnisend contract limit). Nothing was sent.")
-    stop = threshold_stop(src.export, run, counts, len(src.state) if src.state is not None else 0)
+    stop = _stop_before_sending(src, run, counts)
     if stop is not None:
-        return _end_unsent(svc, run, src, counts, spool, REASON_NOT_SENT_THRESHOLD,
-                           "the run stopped at the export's safety threshold before sending", stop.error, stop.held)
+        return _end_unsent(svc, run, src, counts, spool, *stop)
     current = svc.runs.get(run.id)
     if current is None or current.status.is_final:  # cancelled (or failed) while planning
         ended = current.status.value if current is not None else "deleted"

@@ -7,7 +7,8 @@ The rows that come out, and their order, are the same either way.
 
 A prepared row is one of two types:
 - a contact, the plain tuple ``(key, partition, number, email, fp, text)`` (``PreparedContact``):
-  ``key`` is its member key, ``fp`` its fingerprint, ``text`` the JSON text to send;
+  ``key`` is its member key, ``fp`` its fingerprint with its field marks above (``domain.planned_fp``),
+  ``text`` the JSON text to send;
 - a ``RejectedRow`` (unreadable, or refused by the mapping), with the reason and the detail for
   the report.
 Contacts stay plain tuples on purpose: a list of them crosses the process boundary (pickled) 2.7
@@ -25,7 +26,7 @@ from typing import NamedTuple, Union
 
 from .. import segments
 from ..config import Settings
-from ..domain import Refresh, fingerprint, member_key
+from ..domain import Refresh, fingerprint, member_key, planned_fp
 from ..domain.reasons import REASON_MALFORMED_ROW, REASON_NOT_UTF8
 from ..state.clients import StorageClients
 from .mapping import ContactMapper, Rejection
@@ -70,8 +71,8 @@ def prepare(rows: Iterable[segments.SourceRow], mapper: ContactMapper, dated_at:
         if type(mapped) is Rejection:
             yield RejectedRow(partition, number, mapper.email_of(fields), mapped.reason, mapped.detail)
             continue
-        email, fp_text, text = mapped
-        yield member_key(email), partition, number, email, fingerprint(fp_text), text
+        email, fp_text, text, marks = mapped
+        yield member_key(email), partition, number, email, planned_fp(fingerprint(fp_text), marks), text
 
 
 def use_process(settings: Settings, refresh: Refresh) -> bool:

@@ -5,10 +5,11 @@ from members who left. For a million members that state must stay small and fast
 Python object per member:
 
 - On storage: one blob per state version, ``<header JSON line>`` then records sorted by member key,
-  each ``<key u64><fingerprint u64><email length u16><email>``. A state is written as a new blob and
+  each ``<key u64><fingerprint u64><field marks 2 x u64><email length u16><email>`` (format 2; format 1,
+  read still, had no marks: its members' changed fields show as unknown). A state is written as a new blob and
   only then made current by rewriting a small pointer blob, so a crash while writing leaves the
   previous state in force.
-- In memory while planning: the keys and fingerprints in two ``array('Q')`` (16 bytes a member), a
+- In memory while planning: the keys, fingerprints and field marks in four ``array('Q')`` (32 bytes a member), a
   bytearray of "still in the segment" marks, and a local copy of the blob to stream the emails of the
   members who left.
 """
@@ -29,10 +30,13 @@ from typing import BinaryIO, Iterable, Iterator, cast
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
-RECORD = struct.Struct("<QQH")
+from ..domain.members import FP_BITS, FP_MASK
+
+RECORDS = {1: struct.Struct("<QQH"), 2: struct.Struct("<QQQQH")}  # by format version
+FORMAT_VERSION = 2  # written; every version in RECORDS is read
+RECORD = RECORDS[FORMAT_VERSION]
 LOAD_CHUNK_BYTES = 4 * 1024 * 1024  # one ranged GET of a state blob
 LOAD_ATTEMPTS = 5
-FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class StateHeader:
     tag: str
     run_id: str
     count: int
+    version: int = FORMAT_VERSION  # of the records that follow
 
     def to_json(self) -> str:
         return json.dumps({"version": FORMAT_VERSION, "exportId": self.export_id, "connectionId": self.connection_id,
@@ -51,15 +56,25 @@ class StateHeader:
     @classmethod
     def from_json(cls, line: bytes) -> "StateHeader":
         d = json.loads(line)
-        if d.get("version") != FORMAT_VERSION:
-            raise ValueError(f"membership state format {d.get('version')} is not {FORMAT_VERSION}")
-        return cls(d["exportId"], d["connectionId"], d["syncKey"], d["tag"], d["runId"], d["count"])
+        if d.get("version") not in RECORDS:
+            raise ValueError(f"membership state format {d.get('version')} is not one of {sorted(RECORDS)}")
+        return cls(d["exportId"], d["connectionId"], d["syncKey"], d["tag"], d["runId"], d["count"], d["version"])
 
 
-def _records(f: BinaryIO, emails: bool = True, chunk: int = 1 << 20) -> Iterator[tuple[int, int, str | None]]:
-    """(key, fingerprint, email) of every record from the file's position on, read in large pieces;
-    without ``emails`` the email is None (not decoded: loading a million keys stays fast)."""
-    unpack, size = RECORD.unpack_from, RECORD.size
+def _records(f: BinaryIO, version: int, emails: bool = True,
+             chunk: int = 1 << 20) -> Iterator[tuple[int, int, str | None]]:
+    """(key, planned fingerprint, email) of every record from the file's position on, read in large
+    pieces; the planned fingerprint holds the field marks above its 64 bits (``domain.planned_fp``).
+    Without ``emails`` the email is None (not decoded: loading a million keys stays fast)."""
+    for key, fp, marks, email in _raw_records(f, version, emails, chunk):
+        yield key, fp | marks << FP_BITS, email
+
+
+def _raw_records(f: BinaryIO, version: int, emails: bool,
+                 chunk: int) -> Iterator[tuple[int, int, int, str | None]]:
+    """(key, fingerprint, marks, email): marks are 0 in format 1, which has none."""
+    record = RECORDS[version]
+    unpack, size, with_marks = record.unpack_from, record.size, version >= 2
     buf, pos = b"", 0
     while True:
         more = f.read(chunk)
@@ -68,11 +83,16 @@ def _records(f: BinaryIO, emails: bool = True, chunk: int = 1 << 20) -> Iterator
             pos = 0
         end = len(buf)
         while pos + size <= end:
-            key, fp, n = unpack(buf, pos)
+            if with_marks:
+                key, fp, low, high, n = unpack(buf, pos)
+                marks = low | high << 64
+            else:
+                key, fp, n = unpack(buf, pos)
+                marks = 0
             stop = pos + size + n
             if stop > end:
                 break
-            yield key, fp, buf[pos + size:stop].decode("utf-8") if emails else None
+            yield key, fp, marks, buf[pos + size:stop].decode("utf-8") if emails else None
             pos = stop
         if not more:
             if pos != end:
@@ -87,13 +107,18 @@ class MemberState:
         self.header = header
         self.path = path
         self.keys = array("Q")
-        self.fps = array("Q")
+        self.fps = array("Q")  # fingerprints (64 bits): what decides whether a member changed
+        # field marks, in two halves: which fields changed (0 when the state predates them)
+        self._marks_low, self._marks_high = array("Q"), array("Q")
         add_key, add_fp = self.keys.append, self.fps.append
+        add_low, add_high = self._marks_low.append, self._marks_high.append
         with open(path, "rb") as f:
             f.readline()
-            for key, fp, _ in _records(f, emails=False):
+            for key, fp, marks, _ in _raw_records(f, header.version, False, 1 << 20):
                 add_key(key)
                 add_fp(fp)
+                add_low(marks & FP_MASK)
+                add_high(marks >> 64)
         self.present = bytearray(len(self.keys))
         # Keys are hashes, evenly spread: an index of where each range of top bits starts (about 8
         # keys a range, half a byte a member) leaves a bisection of a handful of keys per lookup.
@@ -109,6 +134,10 @@ class MemberState:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def marks(self, i: int) -> int:
+        """The field marks of the member at ``i`` (``domain.members``)."""
+        return self._marks_low[i] | self._marks_high[i] << 64
+
     def find(self, key: int) -> int:
         """Position of ``key`` in ``keys`` (and ``fps``, ``present``), or -1."""
         b = key >> self._shift
@@ -117,9 +146,11 @@ class MemberState:
         return i if i < hi and self.keys[i] == key else -1
 
     def records(self) -> Iterator[tuple[int, int, str]]:
+        """(key, planned fingerprint, email) of every member, in key order."""
         with open(self.path, "rb") as f:
             f.readline()
-            yield from cast("Iterator[tuple[int, int, str]]", _records(f))  # emails=True: every email is a str
+            # emails=True: every email is a str
+            yield from cast("Iterator[tuple[int, int, str]]", _records(f, self.header.version))
 
     def leavers(self) -> Iterator[tuple[int, str]]:
         """(key, email) of members not marked present, in key order."""
@@ -195,7 +226,8 @@ class StateStore:
         return MemberState(header, path)
 
     def write(self, header: StateHeader, records: Iterable[tuple[int, int, str]]) -> int:
-        """Write a new state from records sorted by key; returns how many were written."""
+        """Write a new state from (key, planned fingerprint, email) records sorted by key; returns how
+        many were written. Always in the newest format."""
         count = 0
         with tempfile.TemporaryFile() as body:
             last = None
@@ -203,7 +235,8 @@ class StateStore:
                 if last is not None and key <= last:
                     raise ValueError("membership records must be strictly sorted by key")
                 raw = email.encode("utf-8")
-                body.write(RECORD.pack(key, fp, len(raw)))
+                marks = fp >> FP_BITS
+                body.write(RECORD.pack(key, fp & FP_MASK, marks & FP_MASK, marks >> 64, len(raw)))
                 body.write(raw)
                 last = key
                 count += 1
@@ -257,12 +290,17 @@ class Upserts:
     def __init__(self):
         self.keys = array("Q")
         self.fps = array("Q")
+        self.marks_low, self.marks_high = array("Q"), array("Q")
         self.offsets = array("Q")
         self.emails = bytearray()
 
     def add(self, key: int, fp: int, email: str) -> None:
+        """``fp``: the planned fingerprint (field marks above its 64 bits)."""
         self.keys.append(key)
-        self.fps.append(fp)
+        self.fps.append(fp & FP_MASK)
+        marks = fp >> FP_BITS
+        self.marks_low.append(marks & FP_MASK)
+        self.marks_high.append(marks >> 64)
         self.offsets.append(len(self.emails))
         self.emails += email.encode("utf-8")
 
@@ -277,4 +315,5 @@ class Upserts:
             if self.keys[i] == last:
                 continue  # the same member twice (a resent batch): keep one
             last = self.keys[i]
-            yield self.keys[i], self.fps[i], self.emails[self.offsets[i]:ends[i]].decode("utf-8")
+            marks = self.marks_low[i] | self.marks_high[i] << 64
+            yield self.keys[i], self.fps[i] | marks << FP_BITS, self.emails[self.offsets[i]:ends[i]].decode("utf-8")

@@ -44,18 +44,20 @@ def _row(*cells: object) -> list[object]:
     return [safe_cell(c) for c in cells]
 
 
-class ReportWriter:
-    """Appends report lines to the run's append blob in blocks (append blobs take concurrent writers)."""
+class CsvAppender:
+    """Appends CSV lines to an append blob in blocks of about a megabyte (append blobs take concurrent
+    writers, and a report of a million rows is never held whole)."""
 
     FLUSH_BYTES = 1 << 20
 
-    def __init__(self, blob: BlobClient):
+    def __init__(self, blob: BlobClient, header: bytes = HEADER):
         self._blob = blob
+        self._header = header
         self._buf = io.StringIO()
         self._csv = csv.writer(self._buf, lineterminator="\r\n")
 
-    def add(self, stage: str, partition: str, row: int | str, email: str, reason: str, detail: str = "") -> None:
-        self._csv.writerow(_row(stage, partition, row, email, reason, detail))
+    def write_row(self, *cells: object) -> None:
+        self._csv.writerow(_row(*cells))
         if self._buf.tell() >= self.FLUSH_BYTES:
             self.flush()
 
@@ -70,13 +72,20 @@ class ReportWriter:
                 self._blob.append_block(block)
             except ResourceNotFoundError:  # the run's report was never started (an old run): start it
                 self._blob.create_append_blob()
-                self._blob.append_block(HEADER)
+                self._blob.append_block(self._header)
                 self._blob.append_block(block)
         self._buf.seek(0)
         self._buf.truncate()
 
     def close(self) -> None:
         self.flush()
+
+
+class ReportWriter(CsvAppender):
+    """The run's report of rejected rows: one line per row, with the stage and the reason."""
+
+    def add(self, stage: str, partition: str, row: int | str, email: str, reason: str, detail: str = "") -> None:
+        self.write_row(stage, partition, row, email, reason, detail)
 
 
 class ReportRepository:

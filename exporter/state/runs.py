@@ -13,6 +13,7 @@ from azure.core.exceptions import HttpResponseError, ResourceModifiedError, Reso
 from azure.data.tables import TableClient, UpdateMode
 
 from ..domain import Run, RunCounts, RunStatus, parse_iso
+from ..domain.runs import PreviewResult, RunKind
 from ..redaction import scrub
 from .errors import ConcurrencyError
 from .tally import TallyRepository
@@ -38,6 +39,9 @@ def _serialize(r: Run) -> dict:
         "Full": r.full,
         "Confirm": r.confirm,
         "Held": r.held,
+        "Kind": r.kind.value,
+        "ChangesKept": r.changes_kept,
+        "Preview": json.dumps(r.preview.to_api()) if r.preview is not None else "",
     }
 
 
@@ -60,6 +64,9 @@ def _deserialize(e) -> Run:
         confirm=bool(e.get("Confirm", False)),
         held=bool(e.get("Held", False)),
         progress_at=e.metadata.get("timestamp"),
+        kind=RunKind(e.get("Kind") or RunKind.RUN.value),
+        changes_kept=bool(e.get("ChangesKept", False)),
+        preview=PreviewResult.from_api(json.loads(e["Preview"])) if e.get("Preview") else None,
     )
 
 
