@@ -16,12 +16,13 @@ import requests
 from devtools import azurite
 from exporter.api.access import DEV_ADMIN_PRINCIPAL
 from tests.conftest import ROOT
-from tests.test_readme_local import port_open
+from tests.test_readme_local import port_open, skip_if_bootstrap_would_install_into_a_shared_folder
 
 URL_LINE = re.compile(r"^  console: (http://127\.0\.0\.1:\d+/api)/console/#/exports/(\w+)$")
 
 
 def test_demo_keep_leaves_the_stack_running_with_the_two_runs_in_the_console_then_stops_it():
+    skip_if_bootstrap_would_install_into_a_shared_folder()
     base = azurite.PORT_BASE + 60
     assert not any(port_open(p) for p in (base, base + 1, base + 2)), f"ports {base}-{base + 2} are in use"
     shutil.rmtree(ROOT / ".local" / f"azurite-{base}", ignore_errors=True)

@@ -6,6 +6,7 @@ test clashes with no other run on this machine."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -50,9 +51,25 @@ def azurite_connection_string_for(base: int) -> str:
             f"TableEndpoint=http://127.0.0.1:{base + 2}/{account};")
 
 
+def skip_if_bootstrap_would_install_into_a_shared_folder() -> None:
+    """Both blocks start with scripts/bootstrap.sh, which installs what is missing or changed. Where .venv
+    or node_modules is a link to another checkout's (work trees side by side), installing there would
+    change what every other checkout runs with: then the test is skipped, saying why."""
+    reqs = b"".join((ROOT / n).read_bytes() for n in ("requirements.txt", "requirements-dev.txt",
+                                                      "requirements-infra-check.txt") if (ROOT / n).exists())
+    stamp = ROOT / ".venv" / ".requirements.sha"
+    pip = (ROOT / ".venv").is_symlink() and (not stamp.exists() or stamp.read_text().strip() != hashlib.sha256(reqs).hexdigest())
+    lock, installed = ROOT / "package-lock.json", ROOT / "node_modules" / ".package-lock.json"
+    npm = (ROOT / "node_modules").is_symlink() and (not installed.exists() or lock.stat().st_mtime > installed.stat().st_mtime)
+    if pip or npm:
+        pytest.skip(f"scripts/bootstrap.sh would reinstall {'.venv' if pip else 'node_modules'}, a link to another "
+                    "checkout's: not from a test")
+
+
 @pytest.fixture
 def own_stack(tmp_path):
     """Ports and an Azurite data folder nobody else uses; afterwards, nothing of it left running."""
+    skip_if_bootstrap_would_install_into_a_shared_folder()
     base = azurite.PORT_BASE + 50  # this suite's Azurite is on PORT_BASE; the block's own next to it
     ports = {"SANDBOX_PORT": free_port(), "APP_PORT": free_port()}
     if any(port_open(p) for p in (base, base + 1, base + 2)):
