@@ -1,17 +1,20 @@
 """The main job on the local defaults: a real export run, end to end, with a readable report.
 
-    python -m devtools.demo [--rows 10000] [--partitions 3]
+    python -m devtools.demo [--rows 10000] [--partitions 3] [--keep [--port 7071]]
 
 Starts Azurite (unless running) and the Omnisend sandbox, uploads a generated segment in the
 Dynamics 365 Customer Insights layout (with a few bad rows), starts the app with the local runner,
-then, over the app's HTTP API, creates a connection and an export and runs it.
+then, over the app's HTTP API, creates a connection and an export and runs it. ``--keep`` leaves the
+stack running after the two runs, prints the console's URL and stops everything on Ctrl+C or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -37,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=10_000)
     p.add_argument("--partitions", type=int, default=3)
     p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--keep", action="store_true",
+                   help="leave the stack running after the runs, to look at them in the console (Ctrl+C stops it)")
+    p.add_argument("--port", type=int, default=0, help="the app's port (default: any free port)")
     args = p.parse_args(argv)
 
     started_azurite = azurite.start()
@@ -49,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         sandbox.stop()
         if started_azurite:
             azurite.stop()
+        print("Stopped: the app, the Omnisend sandbox" + (" and Azurite." if started_azurite else
+              "; Azurite was running before the demo and still is."), flush=True)
 
 
 def _run(args, sandbox: SandboxServer) -> int:
@@ -79,7 +87,7 @@ def _run(args, sandbox: SandboxServer) -> int:
     services = build_services(load_settings(env))
     services.clients.ensure_resources()
     set_services(services)
-    host = LocalHost(services.clients, port=0, batch_workers=args.workers, timer=False, idle_sleep=0.5, env=env)
+    host = LocalHost(services.clients, port=args.port, batch_workers=args.workers, timer=False, idle_sleep=0.5, env=env)
     host.start()
     try:
         print(f"App (local runner, development mode): {host.url}\n")
@@ -116,10 +124,29 @@ def _run(args, sandbox: SandboxServer) -> int:
         ok = _report(api, sandbox, run2, time.monotonic() - t0) and ok
         print(f"\nRun 2 sent {run2['counts']['queued']} contacts instead of {run['counts']['queued']}: "
               "only what changed since Omnisend last confirmed the segment.")
+        if args.keep:
+            _keep(host.url, export["id"])
         return 0 if ok else 1
     finally:
         host.stop()
         set_services(None)
+
+
+def _keep(url: str, export_id: str) -> None:
+    """Leave the stack running until Ctrl+C or SIGTERM, saying where to look and how to stop it."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"\nThe stack keeps running (--keep). The two runs, in the browser (development mode, as an Admin):\n"
+          f"  console: {url}/console/#/exports/{export_id}\n"
+          f"  CLI:     EXPORTER_URL={url} python -m exporter runs list {export_id}\n"
+          "Press Ctrl+C (or send SIGTERM) to stop the app, the Omnisend sandbox and Azurite (when the demo "
+          "started it).", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    print("Stopping.", flush=True)
 
 
 def _churn(everyone: list[dict], rows: int) -> list[dict]:

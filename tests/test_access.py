@@ -174,6 +174,8 @@ ENDPOINTS = [
     Endpoint("GET /me", "me", "GET"),
     Endpoint("GET /segments/columns", "segment_columns", "GET",
              query={"container": "{container}", "folder": "ci", "segment": SEGMENT}),
+    Endpoint("GET /segments", "segments", "GET", query={"container": "{container}", "folder": "ci"}),
+    Endpoint("GET /segments/containers", "segment_containers", "GET", query={"prefix": "{container}"}),
 ]
 BY_LABEL = {e.label: e for e in ENDPOINTS}
 
@@ -215,6 +217,8 @@ PERMISSIONS = {
     "GET /health":                 (200, 200, 200, 401, 403, 500),
     "GET /me":                     (200, 200, 200, 401, 403, 500),
     "GET /segments/columns":       (200, 200, 200, 401, 403, 500),
+    "GET /segments":               (200, 200, 200, 401, 403, 500),  # c-closed: the world's open connection
+    "GET /segments/containers":    (200, 200, 200, 401, 403, 500),
 }
 assert set(PERMISSIONS) == set(BY_LABEL)
 
@@ -379,6 +383,10 @@ def test_permission_table(label, caller, mode, expected, installed, source, worl
                         "isContributor": not is_admin, "devMode": mode == "dev"}
     elif label == "GET /segments/columns":
         assert body["columns"] == list(COLUMNS) and body["origin"] == "model.json" and body["segment"] == SEGMENT
+    elif label == "GET /segments":
+        assert body["segments"] == [SEGMENT] and body["folder"] == "ci"
+    elif label == "GET /segments/containers":
+        assert body["containers"] == [source.container]
 
 
 # --- the rules around the table ------------------------------------------------------------------

@@ -28,8 +28,10 @@ def test_http_routes_cover_the_api():
     for want in [("connections", "POST"), ("connections", "GET"), ("connections/{id}", "GET"), ("connections/{id}", "DELETE"),
                  ("exports", "POST"), ("exports", "GET"), ("exports/{id}", "GET"), ("exports/{id}", "PUT"),
                  ("exports/{id}", "DELETE"), ("exports/{id}/runs", "POST"), ("exports/{id}/runs", "GET"),
-                 ("runs/{id}", "GET"), ("runs/{id}/rejects", "GET"), ("runs/{id}/cancel", "POST"), ("me", "GET"),
-                 ("segments/columns", "GET"), ("console/{*path}", "GET")]:
+                 ("runs/{id}", "GET"), ("runs/{id}/rejects", "GET"), ("runs/{id}/changes", "GET"),
+                 ("runs/{id}/cancel", "POST"), ("me", "GET"),
+                 ("segments/columns", "GET"), ("segments", "GET"), ("segments/containers", "GET"),
+                 ("console/{*path}", "GET")]:
         assert want in routes
     assert all(b[0]["authLevel"] == "ANONYMOUS" for b in bindings().values() if b[0]["type"] == "httpTrigger")
 

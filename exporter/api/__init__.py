@@ -12,12 +12,13 @@ from .runs import (
     retry_run,
     start_export_run,
 )
-from .segments import segment_columns
+from .segments import list_segments, segment_columns, segment_containers
 from .status import health, me
 
 __all__ = [
     "ApiRequest", "ApiResponse", "Endpoint", "cancel_run", "create_connection", "create_export", "delete_connection",
     "delete_export", "get_connection", "get_export", "get_run", "get_run_changes", "get_run_rejects", "handle", "health",
-    "list_connections", "list_export_runs", "list_exports", "me", "problem", "retry_run", "segment_columns", "update_connection",
+    "list_connections", "list_export_runs", "list_exports", "list_segments", "me", "problem", "retry_run",
+    "segment_columns", "segment_containers", "update_connection",
     "start_export_run", "update_export",
 ]

@@ -121,3 +121,13 @@ def me(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="segments/columns", methods=["GET"], auth_level=ANON)
 def segment_columns(req: func.HttpRequest) -> func.HttpResponse:
     return serve(req, GET=api.segment_columns)
+
+
+@bp.route(route="segments", methods=["GET"], auth_level=ANON)
+def segments(req: func.HttpRequest) -> func.HttpResponse:
+    return serve(req, GET=api.list_segments)
+
+
+@bp.route(route="segments/containers", methods=["GET"], auth_level=ANON)
+def segment_containers(req: func.HttpRequest) -> func.HttpResponse:
+    return serve(req, GET=api.segment_containers)

@@ -2,6 +2,7 @@
 
 import { ATTRIBUTES, ATTRIBUTE_LABEL, alertBox, busy, clearProblem, current, field, focusHeading, h, say, showProblem, state, statusBox } from "./common.js";
 import { loadRuns } from "./runs.js";
+import { sourcePicker } from "./source_picker.js";
 
 // --- exports list -----------------------------------------------------------------------------
 
@@ -117,6 +118,7 @@ export async function exportView(main, exportId) {
   const container = h("input", { id: "export-container", type: "text", required: true, "data-field": "source.container", spellcheck: "false" });
   const folder = h("input", { id: "export-folder", type: "text", "data-field": "source.folder", spellcheck: "false" });
   const segment = h("input", { id: "export-segment", type: "text", required: true, "data-field": "source.segment", spellcheck: "false" });
+  const picker = sourcePicker({ container, folder, segment, onSegment: () => loadColumns() });
   const readColumns = h("button", { type: "button", id: "export-read-columns" }, "Read columns");
   const columnsState = h("p", { class: "hint", id: "export-columns-state", "aria-live": "polite" },
     "Read the segment's columns to choose them below.");
@@ -256,6 +258,7 @@ export async function exportView(main, exportId) {
         field("export-container", "Container", container),
         field("export-folder", "Folder (optional)", folder),
         field("export-segment", "Segment", segment)),
+      picker.element,
       h("div", { class: "buttons" }, readColumns), columnsState),
     h("fieldset", {},
       h("legend", {}, "Data mapping"),
@@ -398,6 +401,7 @@ export async function exportView(main, exportId) {
     formButtons.append(del);
   }
 
+  picker.start(); // what storage holds, for the source fields (a saved export's folder included)
   const pageStatus = statusBox();
   main.append(pageStatus);
   if (existing && !existing.enabled && existing.disabledReason) {

@@ -9,8 +9,9 @@
     python -m exporter exports list | show ID | remove ID
     python -m exporter run EXPORT_ID [--wait] [--confirm]
     python -m exporter runs list EXPORT_ID | show RUN_ID | cancel RUN_ID | retry RUN_ID | rejects RUN_ID [--out F]
+    python -m exporter health [--wait SECONDS]
     (every management command takes --url, default EXPORTER_URL, and --token, default EXPORTER_TOKEN;
-     runs list and show take --output table|json)
+     list and show take --output table|json, connections add and exports add --output json|id)
 
 Management commands act as a local Admin of the development mode (``serve``), the only mode in
 which the app trusts an identity header that the platform did not set.
@@ -120,7 +121,12 @@ def _add_connection(api: ApiClient, args) -> None:
             "dataPrivacyConsent": args.consent}
     if args.max_profiles is not None:
         body["maxProfilesPerExport"] = args.max_profiles
-    print(json.dumps(api.request("POST", "connections", body), indent=2))
+    _print_created(api.request("POST", "connections", body), args)
+
+
+def _print_created(created: dict, args) -> None:
+    """What add made: JSON, or with ``--output id`` its id alone, for a shell variable (README)."""
+    print(created["id"] if args.output == "id" else json.dumps(created, indent=2))
 
 
 def _list_connections(api: ApiClient, args) -> None:
@@ -184,7 +190,7 @@ def _add_export(api: ApiClient, args) -> None:
     elif args.subscribed_values or args.unsubscribed_values or args.consent_changed_at_column:
         raise SystemExit("--subscribed-values, --unsubscribed-values and --consent-changed-at-column need "
                          "--consent-column.")
-    print(json.dumps(api.request("POST", "exports", body), indent=2))
+    _print_created(api.request("POST", "exports", body), args)
 
 
 def _list_exports(api: ApiClient, args) -> None:
@@ -347,6 +353,8 @@ def _resource_command(sub, name: str, help: str, fn, add_options, id_actions: tu
 
     add = action_parser("add")
     add_options(add)
+    add.add_argument("--output", choices=("json", "id"), default="json",
+                     help="json (default): what was saved; id: its id alone, as in ID=$(python -m exporter ... --output id)")
     listing = action_parser("list")
     listing.add_argument("--output", choices=("table", "json"), default="table")
     parsers = [add, listing]
@@ -391,9 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--confirm", action="store_true",
                    help="run even when the refresh is over the export's safety thresholds (a run they held says so)")
     r.set_defaults(fn=cmd_run)
+    from .health_cli import add_health_command
     from .runs_cli import add_runs_command  # it uses this module's ApiClient
 
     add_runs_command(sub, _url_option)
+    add_health_command(sub, _url_option)
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
