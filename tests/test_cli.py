@@ -208,7 +208,9 @@ def test_runs_from_the_command_line(services, workers, sandbox, segment, tmp_pat
     shown = json.loads(cli("runs", "show", run_id, "--url", url, "--output", "json").stdout)
     api_run = call("run", "GET", "", route_params={"id": run_id})[1]
     assert shown["statusUrl"] == f"{url}/runs/{run_id}"  # the URLs the app at --url hands out
-    assert {**shown, "statusUrl": None} == {**api_run, "statusUrl": None}
+    urls = {"statusUrl": None, "changesUrl": None}  # both name the app the request went to
+    assert shown["changesUrl"] == f"{url}/runs/{run_id}/changes"
+    assert {**shown, **urls} == {**api_run, **urls}
     assert re.search(r"exported \(confirmed\)\s+147$", cli("runs", "show", run_id, "--url", url).stdout, re.M)
 
     out = tmp_path / "rejects.csv"
@@ -221,6 +223,33 @@ def test_runs_from_the_command_line(services, workers, sandbox, segment, tmp_pat
     assert done.returncode == 0 and "0 failed batches sent again" in done.stdout
     done = cli("runs", "cancel", run_id, "--url", url)  # it has ended: the API's 409, said plainly
     assert done.returncode == 1 and "409" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_dry_run_from_the_command_line_says_what_a_run_would_do(services, workers, sandbox, segment, tmp_path):
+    url = workers.url
+    conn = json.loads(cli("connections", "add", "--url", url, "--name", "Dry", "--consent", key=TEST_API_KEY).stdout)
+    export = json.loads(cli("exports", "add", "--url", url, "--name", "D", "--connection", conn["id"],
+                            "--container", segment, "--folder", "ci", "--segment", "CliSeg",
+                            "--map", "email=PrimaryEmail").stdout)
+    requests_before = sandbox.stats(TEST_BRAND)["requests"]
+    done = cli("run", export["id"], "--dry-run", "--url", url, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert "(nothing was sent)" in done.stdout
+    assert re.search(r"would be sent\s+147$", done.stdout, re.M)
+    assert re.search(r"new members \(joined\)\s+147$", done.stdout, re.M)
+    assert re.search(r"tag 'CliSeg' added to 147 members", done.stdout)
+    assert re.search(r"estimated duration\s+\d+ s \(4 contact requests and 1 tag calls at 400 and 6000 per 60 s",
+                     done.stdout)
+    assert sandbox.stats(TEST_BRAND)["requests"] == requests_before
+    run_id = re.search(r"^Preview (\w+) of refresh", done.stdout, re.M).group(1)
+    out = tmp_path / "changes.csv"
+    assert cli("runs", "changes", run_id, "--url", url, "--out", str(out)).returncode == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "email,change,fields" and len(lines) == 1 + 147 and lines[1].endswith(",joined,")
+    listed = cli("runs", "list", export["id"], "--url", url).stdout.splitlines()
+    assert listed[1].split()[:3] == [run_id, "succeeded", "preview"]
+    as_json = json.loads(cli("run", export["id"], "--dry-run", "--output", "json", "--url", url, timeout=90).stdout)
+    assert as_json["kind"] == "preview" and len(as_json["preview"]["sample"]) == 20
 
 
 def test_the_url_and_a_bearer_token_come_from_the_environment():

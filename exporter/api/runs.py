@@ -23,7 +23,6 @@ from .http import ApiRequest, ApiResponse, Conflict, NotFound, flag, known_id
 def _run_body(req: ApiRequest, run: Run, now=None) -> dict:
     body = run.to_api(status_url=f"{req.base_url()}/runs/{run.id}")
     body["stuck"] = stuck_reason(run, now) if now is not None and not run.status.is_final else None
-    body["rejectsUrl"] = f"{req.base_url()}/runs/{run.id}/rejects"
     if run.changes_kept:
         body["changesUrl"] = f"{req.base_url()}/runs/{run.id}/changes"
     return body

@@ -7,7 +7,7 @@
     python -m exporter exports add --name NAME --connection ID --container C [--folder F] --segment S
                                    --map email=COLUMN [--map firstName=COLUMN ...] [--disabled]
     python -m exporter exports list | show ID | remove ID
-    python -m exporter run EXPORT_ID [--wait] [--confirm]
+    python -m exporter run EXPORT_ID [--wait] [--confirm] [--dry-run]
     python -m exporter runs list EXPORT_ID | show RUN_ID | cancel RUN_ID | retry RUN_ID | rejects RUN_ID [--out F]
     python -m exporter health [--wait SECONDS]
     (every management command takes --url, default EXPORTER_URL, and --token, default EXPORTER_TOKEN;
@@ -220,6 +220,10 @@ def cmd_exports(args) -> int:
 
 def cmd_run(args) -> int:
     api = ApiClient.from_args(args)
+    if args.dry_run:
+        from .preview_cli import run_preview
+
+        return run_preview(api, args.export_id, args.output)
     query = {"confirm": "true"} if args.confirm else None
     run = api.request("POST", f"exports/{args.export_id}/runs", params=query)
     print(f"Run {run['runId']} queued.")
@@ -398,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--wait", action="store_true", help="show progress until the run ends, then the counts")
     r.add_argument("--confirm", action="store_true",
                    help="run even when the refresh is over the export's safety thresholds (a run they held says so)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="preview: plan the latest refresh and say what a run would send, change and untag, and how "
+                        "long it would take; nothing is sent")
+    r.add_argument("--output", choices=("table", "json"), default="table", help="with --dry-run: the preview's format")
     r.set_defaults(fn=cmd_run)
     from .health_cli import add_health_command
     from .runs_cli import add_runs_command  # it uses this module's ApiClient

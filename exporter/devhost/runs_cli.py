@@ -5,6 +5,7 @@
     runs cancel RUN_ID                          no further batches are sent
     runs retry RUN_ID                           send an ended run's failed batches again
     runs rejects RUN_ID [--out FILE]            the rejected and failed rows as CSV (stdout by default)
+    runs changes RUN_ID [--out FILE]            who joins, changes (which fields) or leaves, as CSV
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ def _list(api: ApiClient, args) -> None:
     if not runs:
         print("No runs yet: saving an export never runs it (python -m exporter run EXPORT_ID).")
         return
-    rows = [[r["runId"], r["status"], r["trigger"], r.get("startedAt") or r["createdAt"], r["counts"]["read"],
-             r["counts"]["confirmed"], r["counts"]["rejected"], r["counts"]["failed"]] for r in runs]
+    rows = [[r["runId"], r["status"], "preview" if r.get("kind") == "preview" else r["trigger"],
+             r.get("startedAt") or r["createdAt"], r["counts"]["read"], r["counts"]["confirmed"], r["counts"]["rejected"],
+             r["counts"]["failed"]] for r in runs]
     print(_table(rows, ["RUN", "STATUS", "TRIGGER", "STARTED", "READ", "EXPORTED", "REJECTED", "FAILED"]))
 
 
@@ -53,14 +55,22 @@ def _retry(api: ApiClient, args) -> None:
     print(f"Run {args.id}: {answer['batchesResent']} failed batches sent again; follow it with runs show {args.id}.")
 
 
-def _rejects(api: ApiClient, args) -> None:
-    data = api.request("GET", f"runs/{args.id}/rejects")
+def _download(api: ApiClient, args, what: str, name: str) -> None:
+    data = api.request("GET", f"runs/{args.id}/{what}")
     if args.out:
         with open(args.out, "wb") as f:
             f.write(data)
-        print(f"Rejected and failed rows of run {args.id} written to {args.out}.", file=sys.stderr)
+        print(f"{name} of run {args.id} written to {args.out}.", file=sys.stderr)
     else:
         sys.stdout.write(data.decode("utf-8"))
+
+
+def _rejects(api: ApiClient, args) -> None:
+    _download(api, args, "rejects", "Rejected and failed rows")
+
+
+def _changes(api: ApiClient, args) -> None:
+    _download(api, args, "changes", "Membership changes")
 
 
 ACTIONS = {
@@ -69,6 +79,7 @@ ACTIONS = {
     "cancel": (_cancel, "RUN_ID", "stop a run: no further batches are sent"),
     "retry": (_retry, "RUN_ID", "send an ended run's failed batches again"),
     "rejects": (_rejects, "RUN_ID", "the rejected and failed rows as CSV"),
+    "changes": (_changes, "RUN_ID", "the members who join, change (with the fields) or leave, as CSV"),
 }
 
 
@@ -87,6 +98,6 @@ def add_runs_command(sub, url_option: Callable[..., None]) -> None:
         url_option(parser, argparse.SUPPRESS)
         if name in ("list", "show"):
             parser.add_argument("--output", choices=("table", "json"), default="table")
-        if name == "rejects":
+        if name in ("rejects", "changes"):
             parser.add_argument("--out", metavar="FILE", help="write the CSV here instead of to standard output")
     command.set_defaults(fn=cmd_runs)
