@@ -5,6 +5,7 @@
 
 1. planning   read, map, validate, dedupe, diff and enqueue: 100k, 300k and --rows rows (each <= --rows),
               a first run and a re-run after 1% churn, each planned --repeat times (median reported),
+              with --previews each also as a preview (?dryRun=true, printed only),
               each try in a process of its own;
 2. upload     the whole run, sandbox and app without rate limit, 8 workers: contacts/s and the CPU of
               the app, the sandbox and Azurite (from /proc), then a re-run after 1% churn (4.);
@@ -59,6 +60,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default="planning,upload,ceiling", help="comma-separated subset")
     p.add_argument("--smoke", action="store_true", help="CI size: 20,000 planning rows, 2,000 rows per whole run")
     p.add_argument("--repeat", type=int, default=3, help="planning tries per size and run (the median is reported)")
+    p.add_argument("--previews", action="store_true",
+                   help="also plan each run as a preview (?dryRun=true); the report tables do not show them yet")
     p.add_argument("--profile", metavar="DIR", help="also write cProfile stats of each planning run to DIR")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="Markdown report ('-' for none)")
     p.add_argument("--json", help="also write the raw results as JSON here")
@@ -100,7 +103,8 @@ def run(args: argparse.Namespace, command: str, log=print) -> Results:
             svc = planning.services()
             for n in ([int(x) for x in args.sizes.split(",")] if args.sizes else plan_sizes(args.rows)):
                 log(f"planning {n:,} rows")
-                res.planning += planning.bench_size(svc, n, profile_dir=args.profile, log=log, repeat=args.repeat)
+                res.planning += planning.bench_size(svc, n, profile_dir=args.profile, log=log, repeat=args.repeat,
+                                                    previews=args.previews)
         if "upload" in only:
             log(f"whole run without rate limit, {args.upload_rows:,} rows, {args.workers} workers")
             res.upload += upload.scenario(upload.UNLIMITED, args.upload_rows, incremental=True, log=log,

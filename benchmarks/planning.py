@@ -5,6 +5,9 @@ For each size two runs are planned, each in a fresh ``benchmarks.plan_worker`` p
   the spool uploaded as a blob, one dispatch message per 50 batches enqueued);
 - ``re-run``: the refresh after 1% churn, diffed against the membership state of the base refresh
   (N members); only the ~2% changed or new members are enqueued, and the ~1% leavers untagged.
+With ``previews``, each is also planned as a preview (``?dryRun=true``: ``preview`` and ``preview
+re-run``): the same reading, diff and changes report, then the sample and the estimate instead of the
+hand-off.
 Enqueued messages and spool blobs are removed afterwards (no uploader runs here).
 """
 
@@ -22,9 +25,9 @@ from dataclasses import dataclass
 from devtools import azurite
 from exporter import config, segments
 from exporter.config import load_settings
-from exporter.domain import Connection, Export, Mapping, Source, fingerprint, member_key, utcnow
+from exporter.domain import Connection, Export, Mapping, Source, fingerprint, member_key, planned_fp, utcnow
 from exporter.lifecycle.settle import fail_run
-from exporter.lifecycle.start import start_run
+from exporter.lifecycle.start import start_preview, start_run
 from exporter.planning.mapping import ContactMapper, ContactOptions, Rejection
 from exporter.services import Services, build_services
 from exporter.state.membership import StateHeader, Upserts
@@ -108,26 +111,26 @@ def write_state_of_refresh(svc: Services, export: Export) -> int:
     refresh = segments.find_latest_refresh(container, export.source.folder, export.source.segment)
     schema = segments.load_schema(container, export.source.folder, export.source.segment, refresh)
     mapper = ContactMapper(schema.columns, export.mapping, ContactOptions())
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
     seen: set[int] = set()
     upserts = Upserts()
     for _, _, fields, error in segments.read_rows(container, refresh, schema):
         if error is not None:
             continue
-        contact = mapper.map(fields)
-        if isinstance(contact, Rejection):
+        mapped = mapper.map_json(fields, "2026-01-01T00:00:00Z")
+        if isinstance(mapped, Rejection):
             continue
-        email = contact["identifiers"][0]["id"]
+        email, fp_text, _, marks = mapped
         key = member_key(email)
         if key in seen:
             continue
         seen.add(key)
-        upserts.add(key, fingerprint(dumps(contact)), email)
+        upserts.add(key, planned_fp(fingerprint(fp_text), marks), email)
     header = StateHeader(export.id, export.connection_id, export.sync_key(), export.effective_tag, "benchmark-state", 0)
     return svc.states.write(header, upserts.sorted())
 
 
-def bench_size(svc: Services, rows: int, profile_dir: str | None = None, log=print, repeat: int = 1) -> list[PlanResult]:
+def bench_size(svc: Services, rows: int, profile_dir: str | None = None, log=print, repeat: int = 1,
+               previews: bool = False) -> list[PlanResult]:
     """Each run planned ``repeat`` times (this machine's wall times vary by a third from one try to the next;
     the report shows the median and every try)."""
     segment = f"Plan{rows}x{uuid.uuid4().hex[:6]}"
@@ -140,6 +143,9 @@ def bench_size(svc: Services, rows: int, profile_dir: str | None = None, log=pri
     for i in range(repeat):
         results.append(_measure(svc, first, rows, "first run", written.seconds, profile_dir, f"plan-first{i or ''}"))
         log(f"  first run: {_line(results[-1])}")
+    for i in range(repeat if previews else 0):
+        results.append(_measure(svc, first, rows, "preview", written.seconds, profile_dir, f"preview-first{i or ''}"))
+        log(f"  preview:   {_line(results[-1])}")
 
     t = time.perf_counter()
     members = write_state_of_refresh(svc, again)
@@ -148,6 +154,10 @@ def bench_size(svc: Services, rows: int, profile_dir: str | None = None, log=pri
     for i in range(repeat):
         results.append(_measure(svc, again, rows, "re-run", written.seconds, profile_dir, f"plan-rerun{i or ''}"))
         log(f"  re-run:    {_line(results[-1])}")
+    for i in range(repeat if previews else 0):
+        results.append(_measure(svc, again, rows, "preview re-run", written.seconds, profile_dir,
+                                f"preview-rerun{i or ''}"))
+        log(f"  preview re-run: {_line(results[-1])}")
     _cleanup(svc, segment, (first, again))
     return results
 
@@ -155,7 +165,7 @@ def bench_size(svc: Services, rows: int, profile_dir: str | None = None, log=pri
 def _measure(svc: Services, export: Export, rows: int, kind: str, write_seconds: float, profile_dir: str | None,
              profile_name: str) -> PlanResult:
     """Plan one run of ``export`` in a fresh process; its messages and spool are removed afterwards."""
-    run = start_run(svc, export, "benchmark")
+    run = start_preview(svc, export) if kind.startswith("preview") else start_run(svc, export, "benchmark")
     _clear_queues(svc)
     prof = os.path.join(profile_dir, f"{profile_name}-{rows}.prof") if profile_dir else None
     r = _plan_in_subprocess(run.id, prof)
