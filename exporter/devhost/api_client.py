@@ -109,6 +109,12 @@ def progress_line(run: dict) -> str:
             f"sent {c['sent']:>8}  confirmed {c['confirmed']:>8}  failed {c['failed']:>6}")
 
 
+def print_breakdown(by_key: dict[str, int], out=sys.stdout, indent: int = 4, width: int = 30) -> None:
+    """The lines under a count: its reasons (or fields), by name, each with its number."""
+    for name, n in sorted(by_key.items()):
+        print(f"{' ' * indent}{name:<{width}} {n:>7}", file=out)
+
+
 def print_counts(run: dict, out=sys.stdout) -> None:
     c = run["counts"]
     print(f"Run {run['runId']}: {run['status']}", file=out)
@@ -117,12 +123,10 @@ def print_counts(run: dict, out=sys.stdout) -> None:
     print(f"  rows read            {c['read']:>9}", file=out)
     print(f"  exported (confirmed) {c['confirmed']:>9}", file=out)
     print(f"  rejected             {c['rejected']:>9}", file=out)
-    for reason, n in sorted(c["rejectedByReason"].items()):
-        print(f"    {reason:<30} {n:>7}", file=out)
+    print_breakdown(c["rejectedByReason"], out)
     print(f"  duplicate emails     {c['duplicates']:>9}", file=out)
     print(f"  failed at Omnisend   {c['failed']:>9}", file=out)
-    for reason, n in sorted(c["failedByReason"].items()):
-        print(f"    {reason:<30} {n:>7}", file=out)
+    print_breakdown(c["failedByReason"], out)
     print(f"  unchanged (skipped)  {c['skipped']:>9}", file=out)
     held = c.get("alreadyTagged", 0)
     print(f"  tagged as members    {c.get('tagged', 0):>9}" + (f"  (and {held} changed members kept their tag)" if held else ""),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .api_client import ApiClient
+from .api_client import ApiClient, print_breakdown
 
 
 def _duration(seconds: float) -> str:
@@ -23,14 +23,12 @@ def print_preview(run: dict, out=sys.stdout) -> None:
         return
     print(f"  rows read                 {c['read']:>9}", file=out)
     print(f"  rejected                  {c['rejected']:>9}", file=out)
-    for reason, n in sorted(c["rejectedByReason"].items()):
-        print(f"    {reason:<30} {n:>7}", file=out)
+    print_breakdown(c["rejectedByReason"], out)
     print(f"  duplicate emails          {c['duplicates']:>9}", file=out)
     print(f"  would be sent             {c['queued']:>9}", file=out)
     print(f"    new members (joined)    {c.get('joined', 0):>9}", file=out)
     print(f"    changed members         {c.get('changed', 0):>9}", file=out)
-    for field, n in sorted(c.get("changedFields", {}).items()):
-        print(f"      {field:<28} {n:>7}", file=out)
+    print_breakdown(c.get("changedFields", {}), out, indent=6, width=28)
     print(f"  unchanged (not sent)      {c['skipped']:>9}", file=out)
     print(f"  would leave               {c['left']:>9}", file=out)
     if p:

@@ -53,9 +53,6 @@ class ChangesRepository:
         blob.append_block(HEADER)
         return ChangesWriter(blob, HEADER)
 
-    def exists(self, run_id: str) -> bool:
-        return self._blob(run_id).exists()
-
     def read(self, run_id: str) -> Iterator[bytes]:
         """The report as CSV, in the blob's chunks; raises ResourceNotFoundError when the run has none."""
         yield from self._blob(run_id).download_blob().chunks()
