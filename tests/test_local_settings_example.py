@@ -73,7 +73,11 @@ def test_every_setting_that_makes_sense_locally_is_named(values):
 def test_values_are_the_local_stack(values):
     assert values["AzureWebJobsStorage"] == config.DEV_STORAGE  # Azurite
     readme = (ROOT / "README.md").read_text()
+    # The README's block picks the port from SANDBOX_PORT=${SANDBOX_PORT:-8089}: compare with its default.
+    default_port = re.search(r"SANDBOX_PORT=\$\{SANDBOX_PORT:-(\d+)\}", readme)
     sandbox_urls = set(re.findall(r"OMNISEND_API_URL=(\S+)", readme))
+    if default_port:
+        sandbox_urls = {url.replace("$SANDBOX_PORT", default_port.group(1)) for url in sandbox_urls}
     assert values["OMNISEND_API_URL"] in sandbox_urls, f"the README's sandbox URL is one of {sandbox_urls}"
     assert values["EXPORTER_DEV_MODE"] == "1", "keys in the development store, the local Admin trusted"
     assert values["EXPORTER_DEV_SECRETS_FILE"] == cli.DEV_SECRETS_FILE, "the same store as `serve`"
