@@ -37,7 +37,7 @@ export function outcome(run) {
     tone = c.failed > 0 ? "bad" : "ok";
   }
   const parts = [head];
-  if (run.status === "cancelled" && c.confirmed > 0) parts.push(`${fmtNumber(c.confirmed)} exported`);
+  if ((run.status === "cancelled" || run.status === "failed") && c.confirmed > 0) parts.push(`${fmtNumber(c.confirmed)} exported`);
   if (c.rejected > 0) parts.push(`${plural(c.rejected, "row", "rows")} rejected`);
   if (c.failed > 0) parts.push(`${plural(c.failed, "contact", "contacts")} failed`);
   if (c.tagFailures > 0) parts.push(`${plural(c.tagFailures, "tag change", "tag changes")} failed`);

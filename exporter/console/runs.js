@@ -84,7 +84,7 @@ export function runBar(run) {
       h("span", { class: "of" }, ` of ${fmtNumber(p.queued)}`)));
   } else {
     const text = FINAL.has(run.status) ? (run.counts.skipped ? "nothing changed to send" : "nothing to send") : "reading the segment";
-    wrap.append(h("div", { class: `runbar${FINAL.has(run.status) ? "" : " runbar-waiting"}`, role: "img", "aria-label": `Run ${run.runId}: ${text}` }),
+    wrap.append(h("div", { class: `runbar ${FINAL.has(run.status) ? "runbar-empty" : "runbar-waiting"}`, role: "img", "aria-label": `Run ${run.runId}: ${text}` }),
       h("div", { class: "runbar-text" }, text));
   }
   return wrap;

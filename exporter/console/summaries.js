@@ -31,10 +31,18 @@ export async function fillRunSummaries(listBox, exports, view) {
       const row = listBox.querySelector(`tr[data-export-id="${CSS.escape(x.id)}"]`);
       if (!row) continue;
       row.querySelector("td.last-run").replaceChildren(lastRun(runs));
-      row.querySelector("td.chart").replaceChildren(runsChart(x.name, runs));
+      row.querySelector("td.chart").replaceChildren(runsChart(x.name, runs), chartKey());
     }
   };
   await Promise.all(Array.from({ length: SUMMARY_FETCHES }, next));
+}
+
+
+// what the chart's colours and dots mean, in words beside them
+function chartKey() {
+  return h("p", { class: "chart-key", "aria-hidden": "true" },
+    h("span", { class: "k k-confirmed" }, "exported"), " ", h("span", { class: "k k-failed" }, "failed"), " ",
+    h("span", { class: "k k-duration" }, "duration"));
 }
 
 
