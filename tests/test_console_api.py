@@ -1,5 +1,6 @@
 """The API the console needs besides the export API: a segment's columns, the "Connect" check without
-saving (``POST /connections?dryRun=true``) and who the caller is (``GET /me``).
+saving (``POST /connections?dryRun=true``), who the caller is (``GET /me``), the schedule's next check
+(``GET /exports``), the request budget (``GET /exports/{id}/runs``) and which runs a retry applies to.
 
 Through the app's own HTTP functions, against Azurite and the Omnisend sandbox.
 """
@@ -12,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from devtools.sample_segment import COLUMNS, generate_profiles, write_segment_refresh
-from tests.apphelpers import ANONYMOUS, CONTRIBUTOR, NO_ROLE, call, table_rows
+from tests.apphelpers import ANONYMOUS, CONTRIBUTOR, NO_ROLE, call, create_export, table_rows
 from tests.conftest import TEST_API_KEY, TEST_BRAND
 
 HEADER_COLUMNS = ("Id", "Email", "Given", "Family")
@@ -182,3 +183,59 @@ def test_me_tells_the_caller_and_roles():
     assert call("me", "GET", "me", headers=ANONYMOUS)[0] == 401
     status, body, _ = call("me", "GET", "me", headers=NO_ROLE)
     assert status == 403 and "neither the Admin nor the Contributor role" in body["detail"]
+
+
+# --- what the console's exports list and runs view draw from ------------------------------------
+
+
+def test_the_exports_list_says_when_the_schedule_checks_next(module_services, container):
+    from exporter.domain import parse_iso
+
+    conn = call("connections", "POST", "connections", connection_body())[1]
+    create_export(conn["id"], container, "ci", "VIP", name=f"Listed {uuid.uuid4().hex[:6]}",
+                  tag=uuid.uuid4().hex[:8])
+    noon = datetime(2026, 5, 4, 12, 7, 30, tzinfo=timezone.utc)
+    clock = module_services.clock
+    module_services.clock = lambda: noon
+    try:
+        status, body, _ = call("exports", "GET", "exports")
+        assert status == 200 and body["exports"]
+        schedule = body["schedule"]
+        assert schedule["expression"] == "0 */15 * * * *" and schedule["timer"] is True
+        assert parse_iso(schedule["nextCheckAt"]) == datetime(2026, 5, 4, 12, 15, tzinfo=timezone.utc)
+        assert call("exports", "GET", "exports", headers=CONTRIBUTOR)[1]["schedule"] == schedule
+        module_services.timer_enabled = False  # serve --no-timer: nothing is checked on a schedule
+        assert call("exports", "GET", "exports")[1]["schedule"]["nextCheckAt"] is None
+    finally:
+        module_services.clock, module_services.timer_enabled = clock, True
+
+
+def test_the_runs_list_carries_the_request_budget_an_estimate_uses(module_services, container):
+    conn = call("connections", "POST", "connections", connection_body())[1]
+    export = create_export(conn["id"], container, "ci", "VIP", name=f"Budget {uuid.uuid4().hex[:6]}",
+                           tag=uuid.uuid4().hex[:8])
+    status, body, _ = call("export_runs", "GET", "", route_params={"id": export["id"]})
+    assert status == 200 and body["runs"] == []
+    # Omnisend's 400 and 60 a minute, aimed at 97% (388, 58) of a window taken 0.5 s longer
+    assert body["requestBudget"] == {"requestsPerMinute": 384.8, "tagRequestsPerMinute": 57.5,
+                                     "contactsPerRequest": 100, "emailsPerTagRequest": 250}
+
+
+@pytest.mark.parametrize(("status", "batches", "failed", "expected"), [
+    ("cancelled", 40, {"not sent: the run had ended": 3000}, True),
+    ("failed", 1, {"not sent: Omnisend unavailable": 80}, True),
+    ("partiallySucceeded", 5, {"outcome unknown": 100, "rejected by Omnisend (400)": 2}, True),
+    ("partiallySucceeded", 5, {"rejected by Omnisend (400)": 2, "batch stopped by Omnisend": 40}, False),
+    ("failed", 0, {"not sent: over the contract limit": 900}, False),  # the planner's: never in a batch
+    ("cancelled", 0, {"not sent: the run had ended": 500}, False),  # cancelled while planning, nothing batched
+    ("uploading", 5, {"outcome unknown": 100}, False),  # still going: cancel applies, not retry
+    ("succeeded", 5, {}, False),
+])
+def test_a_run_is_retryable_when_a_retry_would_send_something_again(status, batches, failed, expected):
+    from exporter.api.runs import retryable
+    from exporter.domain import Run, RunCounts, RunStatus
+
+    counts = RunCounts(batches=batches, failed=sum(failed.values()), failed_by_reason=failed)
+    run = Run(id="r", export_id="x", connection_id="c", trigger="manual", status=RunStatus(status), counts=counts,
+              created_at=datetime.now(timezone.utc))
+    assert retryable(run) is expected

@@ -116,7 +116,7 @@ def test_retry_sends_the_failed_batches_again(services, workers, sandbox, segmen
     sandbox.faults.force_status(503, count=MAX_SEND_ATTEMPTS, route="POST /batches")
     run_id = queued_run(services, segment_container, rows=80)  # one batch, which exhausts its tries
     first = wait_for_run(run_id)
-    assert first["status"] == "failed" and first["counts"]["failed"] == 80
+    assert first["status"] == "failed" and first["counts"]["failed"] == 80 and first["retryable"] is True
     assert call("run_retry", "POST", "", route_params={"id": "nope"})[0] == 404
 
     status, body, _ = call("run_retry", "POST", "", route_params={"id": run_id})
@@ -127,6 +127,7 @@ def test_retry_sends_the_failed_batches_again(services, workers, sandbox, segmen
     assert c["sent"] == 80 and c["batchesSent"] == c["batchesDone"] == c["batches"] == 1
     assert len(sandbox.contacts("brand-test")) == 80
     assert c["tagged"] == 80 and all("Seg" in x["tags"] for x in sandbox.contacts("brand-test"))
+    assert again["retryable"] is False
     status, body, _ = call("run_retry", "POST", "", route_params={"id": run_id})
     assert status == 202 and body["batchesResent"] == 0  # nothing left to retry
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 from .. import segments
-from ..domain import MAPPABLE_FIELDS, TAG_PATTERN, Connection, Consent, Export, Mapping, Source, new_id
+from ..domain import MAPPABLE_FIELDS, TAG_PATTERN, Connection, Consent, Export, Mapping, Source, iso, new_id
 from ..domain.exports import DEFAULT_MAX_REJECTED_PERCENT, DEFAULT_MAX_REMOVAL_PERCENT
 from ..lifecycle.history import busy_run, delete_history
+from ..lifecycle.schedule import next_check
 from ..services import Services
 from .access import Caller, require_member, require_use, require_use_of
 from .http import ApiRequest, ApiResponse, Conflict, NotFound, known_id
@@ -187,7 +188,10 @@ def list_exports(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
     require_member(caller)
     usable = {c.id for c in svc.connections.list() if caller.may_use(c)}
     found = [x for x in svc.exports.list() if caller.is_admin or x.connection_id in usable]
-    return ApiResponse(200, {"exports": [x.to_api() for x in found]})
+    # the timer checks every enabled export at each tick: one time for the list, not one per export
+    schedule = {"expression": svc.settings.export_schedule, "timer": svc.timer_enabled,
+                "nextCheckAt": iso(next_check(svc))}
+    return ApiResponse(200, {"exports": [x.to_api() for x in found], "schedule": schedule})
 
 
 def get_export(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:

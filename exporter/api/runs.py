@@ -9,11 +9,14 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from .. import segments
 from ..domain import Connection, Run, Trigger
+from ..domain.reasons import sent_again_by_retry
 from ..lifecycle.cancel import AlreadyEndedError
 from ..lifecycle.cancel import cancel_run as cancel
 from ..lifecycle.retry import RetryError, retry_failed_batches
 from ..lifecycle.start import RunConflictError, start_preview, start_run
 from ..lifecycle.stuck import stuck_reason
+from ..omnisend.limits import MAX_BATCH_ITEMS, MAX_EMAILS_PER_TAG_REQUEST
+from ..omnisend.pacing import Budget
 from ..services import Services
 from .access import Caller, require_member, require_use_of
 from .exports import get_export_for
@@ -25,7 +28,27 @@ def _run_body(req: ApiRequest, run: Run, now=None) -> dict:
     body["stuck"] = stuck_reason(run, now) if now is not None and not run.status.is_final else None
     if run.changes_kept:
         body["changesUrl"] = f"{req.base_url()}/runs/{run.id}/changes"
+    body["retryable"] = retryable(run)
     return body
+
+
+def retryable(run: Run) -> bool:
+    """Whether POST /runs/{id}/retry would send something again: the run ended after planning batches,
+    and some of its contacts failed for a reason a retry resends. (A batch counted unsent while
+    planning was cancelled is not resent: the retry may then answer that it resent none.)"""
+    c = run.counts
+    return run.status.is_final and c.batches > 0 and any(n > 0 and sent_again_by_retry(r)
+                                                         for r, n in c.failed_by_reason.items())
+
+
+def request_budget(svc: Services) -> dict:
+    """The pace each connection's requests to Omnisend are held to (omnisend/pacing.py), and what one
+    request carries: what the console's estimate of a run's time left is computed from."""
+    s = svc.settings
+    general = svc.limiter.general if svc.limiter else Budget(s.omnisend_rate_limit, s.omnisend_rate_window_seconds)
+    tags = svc.limiter.tags if svc.limiter else Budget(s.omnisend_tags_rate_limit, s.omnisend_rate_window_seconds)
+    return {"requestsPerMinute": round(general.per_minute, 1), "tagRequestsPerMinute": round(tags.per_minute, 1),
+            "contactsPerRequest": MAX_BATCH_ITEMS, "emailsPerTagRequest": MAX_EMAILS_PER_TAG_REQUEST}
 
 
 def start_export_run(svc: Services, caller: Caller, req: ApiRequest) -> ApiResponse:
@@ -81,7 +104,7 @@ def list_export_runs(svc: Services, caller: Caller, req: ApiRequest) -> ApiRespo
     export = get_export_for(svc, caller, req.route_params["id"], "see runs of")
     now = svc.clock()
     seen = visible_runs(svc, caller, svc.runs.list(export.id))
-    return ApiResponse(200, {"runs": [_run_body(req, r, now) for r in seen]})
+    return ApiResponse(200, {"runs": [_run_body(req, r, now) for r in seen], "requestBudget": request_budget(svc)})
 
 
 def visible_runs(svc: Services, caller: Caller, runs: Iterable[Run]) -> list[Run]:

@@ -86,7 +86,11 @@ export function fmtTime(iso) {
 export function fmtDuration(run) {
   if (!run.startedAt) return "";
   const end = run.finishedAt ? new Date(run.finishedAt) : new Date();
-  const s = Math.max(0, (end - new Date(run.startedAt)) / 1000);
+  return fmtSeconds(Math.max(0, (end - new Date(run.startedAt)) / 1000));
+}
+
+
+export function fmtSeconds(s) {
   if (s < 60) return `${s.toFixed(1)} s`;
   const m = Math.floor(s / 60);
   if (m < 60) return `${m} min ${String(Math.round(s % 60)).padStart(2, "0")} s`;

@@ -1,6 +1,7 @@
 // The exports list, and one export: its form (source, mapping, tag, consent) and its runs.
 
 import { ATTRIBUTES, ATTRIBUTE_LABEL, alertBox, busy, clearProblem, current, field, focusHeading, h, say, showProblem, state, statusBox } from "./common.js";
+import { fillRunSummaries, nextCheck } from "./summaries.js";
 import { loadRuns } from "./runs.js";
 import { sourcePicker } from "./source_picker.js";
 
@@ -51,13 +52,16 @@ export async function exportsView(main) {
       h("th", { scope: "row" }, h("a", { href: `#/exports/${encodeURIComponent(x.id)}` }, x.name)),
       h("td", {}, names[x.connectionId] || "(connection removed)"),
       h("td", {}, h("code", {}, [src.container, src.folder, src.segment].filter(Boolean).join("/"))),
-      h("td", {}, x.enabled ? "Enabled" : h("span", { title: x.disabledReason || "" }, "Disabled")),
+      h("td", { class: "last-run" }, h("span", { class: "loading" }, "…")),
+      h("td", { class: "chart" }),
+      h("td", { class: "next-check" }, nextCheck(x, exports.schedule)),
       h("td", { class: "actions" }, h("a", { href: `#/exports/${encodeURIComponent(x.id)}`, class: "button", "aria-label": `Open ${x.name}` }, "Open"), " ", run));
   });
-  listBox.replaceChildren(h("table", { class: "grid" },
+  listBox.replaceChildren(h("table", { class: "grid exports" },
     h("caption", { class: "visually-hidden" }, "Exports"),
-    h("thead", {}, h("tr", {}, ["Name", "Connection", "Segment", "Schedule", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
+    h("thead", {}, h("tr", {}, ["Name", "Connection", "Segment", "Last run", "Recent runs", "Next check", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
     h("tbody", {}, rows)));
+  fillRunSummaries(listBox, exports.exports, view);
 }
 
 

@@ -38,6 +38,20 @@ REASON_OUTCOME_UNKNOWN_CONNECTION = "outcome unknown: connection removed"
 REASON_OUTCOME_UNKNOWN_NO_ANSWER = "outcome unknown: Omnisend did not answer"
 
 
+REJECTED_BY_OMNISEND = "rejected by Omnisend"
+
+
 def rejected_by_omnisend(code: int | None) -> str:
     """The reason of a contact Omnisend answered with an error code in its batch results."""
-    return f"rejected by Omnisend ({code})"
+    return f"{REJECTED_BY_OMNISEND} ({code})"
+
+# Failed contacts that POST /runs/{id}/retry does not send again (lifecycle/retry.py resends only batches
+# given up unsent or whose outcome was never learned): the planner's, never put in a batch, and those
+# Omnisend answered for itself (a resend would get the same answer).
+NOT_RETRIED = frozenset({REASON_NOT_SENT_OVER_LIMIT, REASON_NOT_SENT_UNREADABLE, REASON_NOT_SENT_THRESHOLD,
+                         REASON_STOPPED, REASON_NOT_REPORTED})
+
+
+def sent_again_by_retry(reason: str) -> bool:
+    """Whether a retry sends the contacts that failed for this reason again."""
+    return reason not in NOT_RETRIED and not reason.startswith(REJECTED_BY_OMNISEND)

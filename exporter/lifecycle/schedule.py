@@ -9,10 +9,12 @@ threshold, or without a valid row), until a person acts or a new refresh comes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from .. import segments
+from .. import config, segments
 from ..domain import Export, Run, RunStatus, Trigger
 from ..logs import get_logger
+from ..ncrontab import ScheduleError
 from ..services import Services
 from .connections import purge_retired
 from .poison import report_poison
@@ -30,6 +32,18 @@ class TickResult:
     errors: dict[str, str]  # export id -> why it could not be checked
     stuck: list[str]  # run ids that show no progress (see stuck.stuck_reason)
     held: list[str] = field(default_factory=list)  # export ids whose refresh stopped for good: a person acts
+
+
+def next_check(svc: Services) -> datetime | None:
+    """When the timer next looks for new refreshes (EXPORT_SCHEDULE, UTC); None when this app runs no
+    timer (``serve --no-timer``). The settings were checked when they loaded; a schedule that fails
+    here anyway gives None rather than an error in a list."""
+    if not svc.timer_enabled:
+        return None
+    try:
+        return config.check_schedule(svc.settings.export_schedule).next_after(svc.clock())
+    except (config.ConfigurationError, ScheduleError):
+        return None
 
 
 def run_schedule(svc: Services) -> TickResult:

@@ -52,6 +52,11 @@ class Budget:
     def window(self) -> float:
         return self.window_seconds + WINDOW_MARGIN
 
+    @property
+    def per_minute(self) -> float:
+        """The requests a minute this budget lets through at most (what an estimate of time left uses)."""
+        return self.allowed * 60 / self.window
+
 
 class RateLimiter:
     def __init__(self, budgets: RateBudgets, general: Budget, tags: Budget, *,
