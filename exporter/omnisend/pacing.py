@@ -12,6 +12,13 @@ back on the queue with that delay.
 Reservations aim a little under the limit (``TARGET_SHARE``) and the window is taken a little longer
 (``WINDOW_MARGIN``), so network jitter and clock differences between instances do not tip a window
 over Omnisend's count.
+
+The two budgets are scheduled together. The tags endpoint (60 a minute, 250 emails a call) sets a
+first run's length, and its calls count in the general 400 too; when contacts filled the general
+window first, tag calls waited behind them and the tags endpoint idled (measured: 79% of its cap at
+100,000 rows). So while tags are being sent (a tag reservation in the last window), other requests
+leave the tags' unused share of the general window free (``tags_headroom``), and a tag request takes
+the earliest general slot that fits, even before slots other requests reserved ahead of it.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ TARGET_SHARE = 0.97  # of the limit
 # shrink with the window. Scaling it with the window let a loaded 2-core CI machine tip 6 s windows.
 WINDOW_MARGIN = 0.5
 MAX_SLEEP_SECONDS = 5.0  # longer waits go back to the queue instead of holding a worker
+TAGS_KEY_SUFFIX = "-tags"  # a connection's tags budget: its own entity beside the general one
+TAGS_SEEN_SECONDS = 1.0  # how old this process's view of the tags budget may be when other requests consult it
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,17 @@ class Budget:
         return self.allowed * 60 / self.window
 
 
+def held_for_tags(general: Budget, tags: Budget) -> int:
+    """General slots per window that other requests leave to tag calls while tags are being sent: the
+    tags' whole allowance, but never more than half the general budget (tests scale both alike)."""
+    return min(tags.allowed, general.allowed // 2)
+
+
+def other_requests_per_window(general: Budget, tags: Budget) -> int:
+    """What contact writes and checks may use of the general window while tags are being sent."""
+    return general.allowed - held_for_tags(general, tags)
+
+
 class RateLimiter:
     def __init__(self, budgets: RateBudgets, general: Budget, tags: Budget, *,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
@@ -69,24 +89,49 @@ class RateLimiter:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._known: dict[str, tuple[bytes, str | None]] = {}  # key -> (times, ETag) this process last wrote
+        self._tags_seen: dict[str, tuple[bytes, float]] = {}  # tags key -> (times, when read or written)
 
     def pacer(self, connection_id: str) -> Callable[[str], None]:
         """The hook an OmnisendClient calls before each request of this connection."""
 
+        tags_key = f"{connection_id}{TAGS_KEY_SUFFIX}"
+
         def pace(path: str) -> None:
-            wait = self.reserve(f"{connection_id}", self.general)
             if path.rstrip("/").endswith(TAGS_PATH):
                 # tags requests spend both budgets, and go when both allow: the scarce tags budget
                 # records the time the request is sent, never an earlier free slot of its own (the
                 # general one may record a tags request a little early: a few of its 400)
-                wait = self.reserve(f"{connection_id}-tags", self.tags, not_before=self.clock() + wait)
+                wait = self.reserve(connection_id, self.general, ahead=True)
+                wait = self.reserve(tags_key, self.tags, not_before=self.clock() + wait)
+            else:
+                wait = self.reserve(connection_id, self.general, held=self.tags_headroom(tags_key))
             if wait > 0:
                 self.sleep(wait)
 
         return pace
 
-    def reserve(self, key: str, budget: Budget, not_before: float = 0.0) -> float:
+    def tags_headroom(self, tags_key: str) -> int:
+        """General slots of the current window other requests leave free for tag calls: while tags are
+        being sent (one reserved in the last window), what the tags may still use of their allowance.
+        Read from this process's last view of the tags budget, at most TAGS_SEEN_SECONDS old (another
+        instance's tag calls show up that much later: it moves shares, never the limit)."""
+        now = self.clock()
+        seen = self._tags_seen.get(tags_key)
+        if seen is None or now - seen[1] > TAGS_SEEN_SECONDS:
+            seen = (self.budgets.read(tags_key)[0], now)
+            self._tags_seen[tags_key] = seen
+        times = array("d")
+        times.frombytes(seen[0])
+        if not times or times[-1] <= now - self.tags.window:
+            return 0  # no tag call lately: the whole general budget is the other requests'
+        recent = len(times) - bisect_right(times, now - self.tags.window)
+        return max(0, held_for_tags(self.general, self.tags) - recent)
+
+    def reserve(self, key: str, budget: Budget, not_before: float = 0.0, held: int = 0, ahead: bool = False) -> float:
         """Reserve the next slot; returns how long to wait for it, or raises when that is too long.
+
+        ``held``: slots of the window to leave free (for tag calls). ``ahead``: take the earliest slot
+        that fits every window, even before slots reserved later in time by others (tag calls).
 
         Threads of one process take turns per key and remember the entity they last wrote, so a
         reservation is usually one conditional write; another instance's write shows as a 412, after
@@ -95,9 +140,10 @@ class RateLimiter:
         with self._locks_guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
-            return self._reserve(key, budget, not_before)
+            return self._reserve(key, budget, not_before, held, ahead)
 
-    def _reserve(self, key: str, budget: Budget, not_before: float) -> float:
+    def _reserve(self, key: str, budget: Budget, not_before: float, held: int, ahead: bool) -> float:
+        allowed = max(1, budget.allowed - held)
         for attempt in range(200):
             known = self._known.pop(key, None)
             packed, etag = known if known is not None else self.budgets.read(key)
@@ -106,9 +152,12 @@ class RateLimiter:
             times.frombytes(packed)
             cut = bisect_right(times, now - budget.window)  # what left the window
             times = times[cut:]
-            slot = max(now, not_before, times[-1] if times else now)  # slots only move forward
-            if len(times) >= budget.allowed:
-                slot = max(slot, times[len(times) - budget.allowed] + budget.window)
+            start = max(now, not_before)
+            slot = _slot_between(times, start, budget) if ahead else None
+            if slot is None:
+                slot = max(start, times[-1] if times else now)  # after every slot reserved so far
+                if len(times) >= allowed:
+                    slot = max(slot, times[len(times) - allowed] + budget.window)
             wait = slot - now
             if wait > MAX_SLEEP_SECONDS:
                 # nothing reserved: come back later, when the slot will be near
@@ -116,8 +165,8 @@ class RateLimiter:
                     f"Pacing requests to Omnisend: this connection's budget is spoken for the next {wait:.0f}s.",
                     retry_after=wait - MAX_SLEEP_SECONDS / 2,
                 )
-            times.append(slot)
-            updated = times[-budget.allowed:].tobytes()
+            times.insert(bisect_right(times, slot), slot)
+            updated = times.tobytes()  # every slot not yet out of the window: slots taken ahead need them all
             try:
                 written = self.budgets.write(key, updated, etag)
             except BudgetChanged:  # another worker took this slot
@@ -125,5 +174,36 @@ class RateLimiter:
                 continue
             if written:
                 self._known[key] = (updated, written)
+            if key.endswith(TAGS_KEY_SUFFIX):  # what other requests consult (tags_headroom)
+                self._tags_seen[key] = (updated, now)
             return max(0.0, wait)
         raise OmnisendRateLimited("The rate budget of this connection is too contended right now.", retry_after=1.0)
+
+
+def _fits(times: array, slot: float, budget: Budget) -> bool:
+    """Whether one more request at ``slot`` keeps every window that holds it within the budget: the
+    window ending at ``slot`` and those ending at each later slot less than a window away."""
+    first = bisect_right(times, slot - budget.window)
+    at = bisect_right(times, slot)
+    if at - first >= budget.allowed:
+        return False
+    for j in range(at, len(times)):
+        if times[j] >= slot + budget.window:
+            break
+        if j + 1 - bisect_right(times, times[j] - budget.window) >= budget.allowed:
+            return False
+    return True
+
+
+def _slot_between(times: array, start: float, budget: Budget) -> float | None:
+    """The earliest slot from ``start`` (within MAX_SLEEP_SECONDS) that fits, slotted between others
+    if need be: ``start`` itself or the moment a reserved slot leaves the window. None: none does."""
+    if _fits(times, start, budget):
+        return start
+    for t in times:
+        candidate = t + budget.window
+        if candidate > start + MAX_SLEEP_SECONDS:
+            break
+        if candidate > start and _fits(times, candidate, budget):
+            return candidate
+    return None
