@@ -328,7 +328,8 @@ def test_admin_connects_maps_runs_and_sees_the_counts_of_the_sandbox(page, worke
     details_row = page.locator("#run-list tr.run-details").first
     fact = lambda key: details_row.locator(f"[data-count={key}] .fact-value").inner_text()  # noqa: E731
     assert fact("duplicates") == str(c["duplicates"]) and fact("unchanged") == "0"
-    assert fact("sent") == f"{c['queued']:,}" and fact("tagged") == f"{c['tagged']:,}" and c["tagged"] == len(stored)
+    assert fact("joined") == f"{c['joined']:,}" == f"{c['queued']:,}" and fact("changed") == "0"  # all new
+    assert fact("tagged") == f"{c['tagged']:,}" and c["tagged"] == len(stored)
     details = details_row.inner_text()
     for reason, n in c["rejectedByReason"].items():
         assert f"rejected, {reason}: {n}" in details

@@ -75,7 +75,8 @@ def fixed_runs(export_id: str, now: datetime) -> list[dict]:
         # a routine run: 400 invalid emails, everything else exported
         a_run("r-routine", export_id, "partiallySucceeded", now - timedelta(hours=1), 95,
               counts(read=20000, rejected=400, rejectedByReason={"invalid email": 400}, queued=19600, sent=19600,
-                     confirmed=19600, batches=196, batchesSent=196, batchesDone=196, tagged=19600)),
+                     confirmed=19600, batches=196, batchesSent=196, batchesDone=196, tagged=19600,
+                     joined=0, changed=0)),  # recorded before the API counted joined and changed apart
         # contacts failed at Omnisend, and a retry would send them again
         a_run("r-some-failed", export_id, "partiallySucceeded", now - timedelta(hours=2), 80,
               counts(read=1000, queued=1000, sent=1000, confirmed=950, failed=50,
@@ -176,7 +177,7 @@ def test_the_runs_view_draws_each_run_by_what_happened(page, workers, saved_expo
     assert row("r-nothing").get_by_role("button", name=re.compile("Retry")).count() == 1
     assert row("r-routine").get_by_role("button").count() == 0
 
-    # where the members went; joined and changed apart once the API counts them
+    # where the members went; joined and changed apart where the API counted them (not r-routine)
     facts = lambda run_id: dict(details(run_id).locator(".facts li").evaluate_all(  # noqa: E731
         "(lis) => lis.map((li) => [li.dataset.count, li.innerText])"))
     assert facts("r-routine") == {"sent": "Sent (new or changed) 19,600", "left": "Left 0", "unchanged": "Unchanged 0",
@@ -250,6 +251,14 @@ def test_a_run_is_cancelled_then_retried_from_the_page_and_the_list_charts_it(pa
     assert len(sandbox.contacts(TEST_BRAND)) == ROWS
     done = call("run", "GET", "", route_params={"id": run_id})[1]
     assert done["counts"]["confirmed"] == ROWS and done["counts"]["failed"] == 0 and done["countsFinal"]
+
+    # the membership changes of the real run download from the URL the API gives (absolute, as deployed)
+    assert done["changesUrl"].startswith("http") and done["changesUrl"].endswith(f"/runs/{run_id}/changes")
+    with page.expect_download() as download:
+        page.get_by_role("link", name=f"Membership changes of run {run_id} (CSV)").click()
+    downloaded = Path(download.value.path()).read_text().splitlines()
+    assert downloaded[0] == "email,change,fields" and len(downloaded) == ROWS + 1
+    assert {line.split(",")[1] for line in downloaded[1:]} == {"joined"}
 
     # a second run: nothing changed, so nothing is sent; both are charted in the list
     page.get_by_role("button", name="Run now").click()

@@ -117,13 +117,15 @@ function liveLine(run, budget, seen, nowMs) {
 
 
 // Where the members went: joined, changed, left (tag removed), unchanged, tagged. Joined and changed
-// come separately once the API counts them; before that, one number: sent (new or changed).
+// come apart where the API counted them; a run recorded before it did (both 0 while contacts were
+// queued) shows one number: sent (new or changed).
 function memberFacts(run) {
   const c = run.counts;
   const fact = (key, label, n, extra) => h("li", { dataset: { count: key } },
     h("span", { class: "fact-label" }, label), " ", h("span", { class: "fact-value" }, fmtNumber(n)), extra || null);
   const items = [];
-  if (c.joined !== undefined && c.changed !== undefined) {
+  const counted = c.joined !== undefined && c.changed !== undefined && (c.joined + c.changed > 0 || c.queued === 0);
+  if (counted) {
     items.push(fact("joined", "Joined", c.joined), fact("changed", "Changed", c.changed));
   } else {
     items.push(fact("sent", "Sent (new or changed)", c.queued));
@@ -157,7 +159,7 @@ function rejectsLink(run, problem) {
 // The membership changes (email, joined / changed / left), when the API has a report of them.
 export function changesLink(run, problem) {
   if (!run.changesUrl) return null;
-  const path = run.changesUrl.replace(/^\/?api\//, "");
+  const path = run.changesUrl.replace(/^\/?api\//, "");  // absolute as the API gives it, or relative
   return downloadLink(run, { path, label: "Membership changes", name: "changes",
     fallback: `run-${run.runId}-changes.csv`, problem });
 }
