@@ -6,9 +6,11 @@ import csv
 import io
 import json
 import time
+from datetime import datetime, timedelta, timezone
 
 import azure.functions as func
 
+from devtools.sample_segment import COLUMNS, write_segment_refresh
 from exporter.api.access import DEV_ADMIN_PRINCIPAL, encode_principal
 from exporter.domain import email_key
 from exporter.planning.mapping import is_valid_email
@@ -70,10 +72,19 @@ def create_export(connection_id: str, container: str, folder: str, segment: str,
     return body
 
 
-def start_run(export_id: str) -> dict:
-    status, body, _ = call("export_runs", "POST", f"exports/{export_id}/runs", route_params={"id": export_id})
+def start_run(export_id: str, **params) -> dict:
+    """POST /exports/{id}/runs (params: the query string, e.g. dryRun="true"); the 202's body."""
+    status, body, _ = call("export_runs", "POST", f"exports/{export_id}/runs", route_params={"id": export_id},
+                           params=params or None)
     assert status == 202, body
     return body
+
+
+def write_refresh(container, profiles, minutes_ago: float, *, segment: str, columns=COLUMNS) -> None:
+    """A refresh of `segment` in folder ci, in two partitions, written `minutes_ago` (on the minute)."""
+    when = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=minutes_ago)
+    write_segment_refresh(container, folder="ci", segment=segment, profiles=profiles, when=when, partitions=2,
+                          columns=columns)
 
 
 def wait_for_run(run_id: str, timeout: float = 120) -> dict:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+import functools
 
 import pytest
 import requests
 
-from devtools.sample_segment import COLUMNS, generate_profiles, write_segment_refresh
-from tests.apphelpers import SAMPLE_MAPPING, call, create_connection, create_export, wait_for_run
+from devtools.sample_segment import generate_profiles
+from tests.apphelpers import (
+    SAMPLE_MAPPING,
+    call,
+    create_connection,
+    create_export,
+    start_run,
+    wait_for_run,
+    write_refresh,
+)
 from tests.conftest import TEST_API_KEY, TEST_BRAND
 
 SEGMENT = "Loyal Customers"
@@ -20,16 +28,11 @@ def people(n: int = 2060) -> list[dict]:
     return list(generate_profiles(n, seed=31, invalid_share=0, duplicate_share=0))
 
 
-def write(container, profiles, minutes_ago, columns=COLUMNS):
-    when = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=minutes_ago)
-    write_segment_refresh(container, folder="ci", segment=SEGMENT, profiles=profiles, when=when, partitions=2,
-                          columns=columns)
+write = functools.partial(write_refresh, segment=SEGMENT)
 
 
 def run_now(export_id: str, **params) -> dict:
-    status, body, _ = call("export_runs", "POST", "", route_params={"id": export_id}, params=params)
-    assert status == 202, body
-    return wait_for_run(body["runId"])
+    return wait_for_run(start_run(export_id, **params)["runId"])
 
 
 def omnisend(sandbox) -> dict[str, dict]:

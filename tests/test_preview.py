@@ -4,15 +4,15 @@ every run."""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
-from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from devtools.sample_segment import COLUMNS, generate_profiles, write_segment_refresh
+from devtools.sample_segment import generate_profiles
 from exporter.lifecycle.schedule import run_schedule
-from tests.apphelpers import call, create_connection, create_export, wait_for_run
+from tests.apphelpers import call, create_connection, create_export, start_run, wait_for_run, write_refresh
 from tests.conftest import TEST_API_KEY, TEST_BRAND
 
 SEGMENT = "Preview Me"
@@ -25,16 +25,8 @@ def people(n: int, **kw) -> list[dict]:
     return list(generate_profiles(n, seed=41, **kw))
 
 
-def write(container, profiles, minutes_ago):
-    when = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=minutes_ago)
-    write_segment_refresh(container, folder="ci", segment=SEGMENT, profiles=profiles, when=when, partitions=2,
-                          columns=COLUMNS)
-
-
-def start(export_id: str, **params) -> dict:
-    status, body, _ = call("export_runs", "POST", "", route_params={"id": export_id}, params=params)
-    assert status == 202, body
-    return body
+write = functools.partial(write_refresh, segment=SEGMENT)
+start = start_run
 
 
 def preview(export_id: str) -> dict:

@@ -9,7 +9,7 @@ import pytest
 
 from devtools.sample_segment import generate_profiles, write_segment_refresh
 from exporter.domain import parse_iso
-from tests.apphelpers import call, create_connection, create_export, wait_for_run
+from tests.apphelpers import create_connection, create_export, start_run, wait_for_run
 from tests.conftest import TEST_API_KEY, TEST_BRAND
 
 # 10 requests per 2 s: the pacer admits 9 per 2.5 s, so 2,000 contacts (20 batches, 40 contact
@@ -33,24 +33,18 @@ def app_env(app_env):
     return {**app_env, "OMNISEND_RATE_LIMIT": str(LIMIT), "OMNISEND_RATE_WINDOW_SECONDS": str(WINDOW)}
 
 
-def _start(export_id: str, **params) -> str:
-    status, body, _ = call("export_runs", "POST", "", route_params={"id": export_id}, params=params)
-    assert status == 202, body
-    return body["runId"]
-
-
 def test_the_run_after_a_preview_takes_within_a_quarter_of_its_estimate(services, workers, sandbox,
                                                                          segment_container):
     write_segment_refresh(segment_container, folder="ci", segment="Timed",
                           profiles=generate_profiles(2000, seed=8, invalid_share=0, duplicate_share=0),
                           when=datetime.now(timezone.utc) - timedelta(minutes=5), partitions=2)
     export = create_export(create_connection(TEST_API_KEY)["id"], segment_container.container_name, "ci", "Timed")
-    preview = wait_for_run(_start(export["id"], dryRun="true"))
+    preview = wait_for_run(start_run(export["id"], dryRun="true")["runId"])
     estimate = preview["preview"]["estimate"]
     assert (estimate["contactBatches"], estimate["contactRequests"], estimate["tagCalls"]) == (20, 40, 8)
     requests_before = sandbox.stats(TEST_BRAND)["requests"]
 
-    run = wait_for_run(_start(export["id"]), timeout=120)
+    run = wait_for_run(start_run(export["id"])["runId"], timeout=120)
     took = (parse_iso(run["finishedAt"]) - parse_iso(run["createdAt"])).total_seconds()
     assert run["status"] == "succeeded" and run["counts"]["confirmed"] == 2000
     assert abs(took - estimate["seconds"]) <= 0.25 * estimate["seconds"], (took, estimate)

@@ -180,7 +180,7 @@ def _batch_rows(svc: Services, src: _Source, counts: RunCounts, report: ReportWr
     by_field: Counter[str] = Counter()
     state = src.state
     find = state.find if state is not None else None
-    fps, marks = (state.fps, state.marks) if state is not None else (None, None)  # marks: a method
+    fps, marks_of = (state.fps, state.marks) if state is not None else (None, None)
     rows = prepared_rows(svc.settings, src.container, src.refresh, src.schema, src.mapper, src.refreshed_at)
     try:
         for row in rows:
@@ -223,7 +223,7 @@ def _batch_rows(svc: Services, src: _Source, counts: RunCounts, report: ReportWr
                 joined(email)
                 continue
             counts.changed += 1  # a field changed, or everyone is sent (a full run, a new mapping or tag)
-            fields = changed_fields(marks(i), fp >> FP_BITS)
+            fields = changed_fields(marks_of(i), fp >> FP_BITS)
             by_field.update(fields if fields is not None else (UNKNOWN_FIELDS,))
             changed(email, fields)
         builder.flush()
