@@ -168,6 +168,10 @@ def _report(api: ApiClient, sandbox: SandboxServer, run: dict, elapsed: float) -
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(api.request("GET", f"runs/{run['runId']}/rejects"))
     print(f"  rejected rows with reasons: {out.relative_to(ROOT)}")
+    if run.get("changesUrl"):
+        changes = out.with_name(f"changes-{run['runId']}.csv")
+        changes.write_bytes(api.request("GET", f"runs/{run['runId']}/changes"))
+        print(f"  who joined, changed (which fields) or left: {changes.relative_to(ROOT)}")
     balanced = c["read"] == c["rejected"] + c["duplicates"] + c["confirmed"] + c["failed"] + c["skipped"]
     print(f"  every row accounted for: {'yes' if balanced else 'NO'}")
     return balanced and run["status"] in ("succeeded", "partiallySucceeded")

@@ -165,6 +165,15 @@ def test_the_report_says_which_changed_members_kept_their_tag():
     out = io.StringIO()
     print_counts({"runId": "r1", "status": "succeeded", "counts": {**counts, "alreadyTagged": 0}}, out)
     assert "kept their tag" not in out.getvalue()
+    assert "joined the segment" not in out.getvalue()  # not counted apart (a run recorded before they were)
+    out = io.StringIO()
+    print_counts({"runId": "r1", "status": "succeeded",
+                  "counts": {**counts, "joined": 1, "changed": 3, "changedFields": {"lastName": 2, "city": 1}}}, out)
+    lines = out.getvalue().splitlines()
+    at = lines.index("  joined the segment           1")
+    assert lines[at + 1:at + 4] == ["  changed                      3  (fields:)",
+                                    "    city                                 1",
+                                    "    lastName                             2"]
 
 
 def test_safety_thresholds_and_confirm_from_the_command_line(services, workers, sandbox, segment):

@@ -127,6 +127,10 @@ def print_counts(run: dict, out=sys.stdout) -> None:
     print(f"  duplicate emails     {c['duplicates']:>9}", file=out)
     print(f"  failed at Omnisend   {c['failed']:>9}", file=out)
     print_breakdown(c["failedByReason"], out)
+    if c.get("joined", 0) + c.get("changed", 0):  # 0 and 0 in runs recorded before they were counted
+        print(f"  joined the segment   {c['joined']:>9}", file=out)
+        print(f"  changed              {c['changed']:>9}" + ("  (fields:)" if c.get("changedFields") else ""), file=out)
+        print_breakdown(c.get("changedFields") or {}, out)
     print(f"  unchanged (skipped)  {c['skipped']:>9}", file=out)
     held = c.get("alreadyTagged", 0)
     print(f"  tagged as members    {c.get('tagged', 0):>9}" + (f"  (and {held} changed members kept their tag)" if held else ""),
