@@ -11,9 +11,14 @@ import pytest
 import requests
 
 from devtools.sample_segment import generate_profiles, write_segment_refresh
+from exporter import config
+from exporter.domain import RunStatus
+from exporter.domain.reasons import REASON_NOT_SENT_KEY_MISSING
 from tests.apphelpers import CONTRIBUTOR, call, create_connection, create_export, start_run, wait_for_run
 from tests.conftest import TEST_API_KEY, TEST_BRAND
 from tests.keyvault_fake import make_keyvault_store
+from tests.test_dispatch import drain
+from tests.test_uploader import as_message, plan_handler, receive, upload_handler
 
 NEW_KEY = "sandbox-rotated-key-9876543210"
 
@@ -122,6 +127,25 @@ def test_a_key_missing_from_the_store_fails_the_run_saying_how_to_fix_it(service
     assert {k["connectionId"]: k["key"] for k in health()["connectionKeys"]}[conn["id"]] == "ok"
     again = wait_for_run(start_run(export["id"])["runId"])
     assert again["counts"]["confirmed"] == c["queued"]
+
+
+def test_batches_handled_after_the_key_was_found_missing_count_under_that_reason(services, sandbox,
+                                                                                segment_container):
+    """The first batch finds the key missing and fails the run; the batches behind it (one at a time
+    here, in any order on the host) are counted under the same reason, not a vague "the run had ended"."""
+    refresh(segment_container, rows=250)
+    conn = create_connection(TEST_API_KEY, name="Keyless")
+    export = create_export(conn["id"], segment_container.container_name, "ci", "Seg")
+    services.secrets.delete(services.connections.get(conn["id"]).secret_name)
+    run_id = start_run(export["id"])["runId"]
+    plan_handler(as_message(receive(services.clients, config.QUEUE_RUNS)))
+    handled = drain(services, lambda m: upload_handler(as_message(m)))
+    assert sum(1 for b in handled if b["type"] == "send") == 3
+
+    run = services.runs.require(run_id)
+    assert run.status is RunStatus.FAILED and run.counts.queued == 245  # 5 of the sample rows are invalid
+    assert run.counts.failed_by_reason == {REASON_NOT_SENT_KEY_MISSING: 245}
+    assert sandbox.stats(TEST_BRAND)["batchesCreated"] == 0
 
 
 def test_key_vault_denying_access_for_a_while_is_waited_out(services, workers, sandbox, segment_container):

@@ -115,6 +115,9 @@ class Run:
     kind: RunKind = RunKind.RUN
     changes_kept: bool = False  # planning read the refresh and wrote the changes report
     preview: "PreviewResult | None" = None  # a preview's result, once it is planned
+    # Why the batches still to be sent are not sent, when the run failed for a cause they all share
+    # (the key missing or refused): they are counted under it, not under "the run had ended".
+    stop_reason: str | None = None
 
     @property
     def is_preview(self) -> bool:

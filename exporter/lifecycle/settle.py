@@ -47,11 +47,14 @@ def conclude(run: Run, now: datetime) -> None:
     _finish(run, status, now, error)
 
 
-def fail_run(svc: Services, run_id: str, error: str) -> Run:
+def fail_run(svc: Services, run_id: str, error: str, stop_reason: str | None = None) -> Run:
+    """End the run as failed. ``stop_reason``: the reason the batches not yet sent are counted under,
+    when the cause is one they share (otherwise they count as "not sent: the run had ended")."""
     def mutate(run: Run):
         if run.status.is_final:
             return False
         _finish(run, RunStatus.FAILED, svc.clock(), error)
+        run.stop_reason = stop_reason
 
     run = svc.runs.update(run_id, mutate)
     log.warning("run failed: %s", error, extra={"run_id": run_id, "export_id": run.export_id})

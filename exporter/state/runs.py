@@ -42,6 +42,7 @@ def _serialize(r: Run) -> dict:
         "Kind": r.kind.value,
         "ChangesKept": r.changes_kept,
         "Preview": json.dumps(r.preview.to_api()) if r.preview is not None else "",
+        "StopReason": r.stop_reason or "",
     }
 
 
@@ -67,6 +68,7 @@ def _deserialize(e) -> Run:
         kind=RunKind(e.get("Kind") or RunKind.RUN.value),
         changes_kept=bool(e.get("ChangesKept", False)),
         preview=PreviewResult.from_api(json.loads(e["Preview"])) if e.get("Preview") else None,
+        stop_reason=e.get("StopReason") or None,
     )
 
 

@@ -74,7 +74,8 @@ def _after_failed_check(svc: Services, message: CheckBatch, batch: Batch, etag: 
         schedule_check(svc, message, message.omnisend_batch_id, polls, delay=svc.backoff(min(polls, 6)))
     else:
         if outcome.verdict is Verdict.KEY_REJECTED:
-            fail_run(svc, message.run_id, key_problem_message(svc, message.connection_id, outcome))
+            fail_run(svc, message.run_id, key_problem_message(svc, message.connection_id, outcome),
+                     stop_reason=outcome.reason)
         fail_accepted(svc, batch, etag, REASON_OUTCOME_UNKNOWN, str(error))
 
 

@@ -142,7 +142,7 @@ def after_failed_send(svc: Services, message: SendBatch | TagBatch, error: Excep
         if attempt >= ACCESS_PENDING_TRIES:
             fail_run(svc, message.run_id, f"Key Vault kept refusing the app's identity ({attempt} tries over about "
                                           f"{ACCESS_PENDING_TRIES * ACCESS_PENDING_MAX_DELAY / 60:.0f} minutes): "
-                                          f"{outcome.detail}")
+                                          f"{outcome.detail}", stop_reason=outcome.reason)
             give_up(outcome.reason, outcome.detail)
             return
         delay = min(ACCESS_PENDING_MAX_DELAY, svc.backoff(attempt))
@@ -154,7 +154,8 @@ def after_failed_send(svc: Services, message: SendBatch | TagBatch, error: Excep
             log.info("the connection's key was replaced since this call; sent again with the new key")
             svc.batch_queue.send(message)
             return
-        fail_run(svc, message.run_id, key_problem_message(svc, message.connection_id, outcome))
+        fail_run(svc, message.run_id, key_problem_message(svc, message.connection_id, outcome),
+                 stop_reason=outcome.reason)
         give_up(outcome.reason, outcome.detail)
     else:
         give_up(outcome.reason, outcome.detail)

@@ -3,7 +3,7 @@ Waiting is done by the queue (a message's visibility delay), never by a worker s
 
 from __future__ import annotations
 
-from ..domain import Batch, BatchStatus, Tally
+from ..domain import Batch, BatchStatus, RunStatus, Tally
 from ..domain.reasons import REASON_NOT_SENT_CONNECTION, REASON_NOT_SENT_RUN_ENDED
 from ..logs import get_logger
 from ..messages import CheckBatch, SendBatch
@@ -41,7 +41,9 @@ def send_contacts(svc: Services, message: SendBatch) -> None:
         log.warning("run no longer exists; batch dropped")
         return
     if status.is_final:
-        give_up_contacts(svc, message, REASON_NOT_SENT_RUN_ENDED, f"the run was {status.value} before this batch was sent")
+        run = svc.runs.get(run_id) if status is RunStatus.FAILED else None
+        give_up_contacts(svc, message, (run.stop_reason if run else None) or REASON_NOT_SENT_RUN_ENDED,
+                         f"the run was {status.value} before this batch was sent")
         return
     connection = svc.connections.get(message.connection_id)
     if connection is None:
