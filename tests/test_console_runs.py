@@ -88,12 +88,27 @@ def fixed_runs(export_id: str, now: datetime) -> list[dict]:
                      failedByReason={"not sent: Omnisend unavailable": 19600}, batches=196, batchesSent=196,
                      batchesDone=196), error="Omnisend confirmed no contact of the segment; see the report.",
               retryable=True),
-        # what issue #17 adds: a preview, joined and changed apart, and a report of the membership changes
-        a_run("r-preview", export_id, "succeeded", now - timedelta(hours=4), 3,
+        # what issue #17 adds: joined and changed apart, and a report of the membership changes
+        a_run("r-joined", export_id, "succeeded", now - timedelta(hours=4), 3,
               counts(read=40, queued=8, joined=5, changed=3, confirmed=8, skipped=32, left=2, untagged=2, tagged=5,
                      alreadyTagged=3, batches=1, batchesSent=1, batchesDone=1),
-              kind="preview", changesUrl="/api/runs/r-preview/changes"),
+              kind="run", changesUrl="/api/runs/r-joined/changes"),
+        # a preview as the API ends one: nothing sent (no batches, nothing confirmed), and a threshold a run would stop at
+        a_run("r-preview", export_id, "succeeded", now - timedelta(hours=5), 1,
+              counts(read=40, rejected=2, rejectedByReason={"invalid email": 2}, queued=8, joined=5, changed=3,
+                     changedFields={"city": 3}, skipped=30, left=12),
+              kind="preview", changesUrl="/api/runs/r-preview/changes", preview=PREVIEW),
     ]
+
+
+PREVIEW = {"tag": "Newsletter", "tagAdditions": 5, "tagRemoved": "Newsletter", "tagRemovals": 12,
+           "wouldStop": "12 of the 42 members (28.6%) would leave the segment and lose the tag 'Newsletter', more than "
+                        "the export's maxRemovalPercent (20%).",
+           "estimate": {"seconds": 262.4, "planningSeconds": 0.4, "contactBatches": 1, "contactRequests": 2,
+                        "tagCalls": 2, "requestsPerWindow": 400, "tagCallsPerWindow": 60, "windowSeconds": 60}}
+SAMPLE = [{"identifiers": [{"type": "email", "id": f"p{i}@example.com", "channels": {"email": {
+    "status": "nonSubscribed", "statusChangedAt": "2026-12-03T10:00:00Z"}}, "sendWelcomeMessage": False}],
+    "firstName": f"P{i}", "countryCode": "DE"} for i in range(8)]
 
 
 def serve_fixed_runs(page, export_id: str, now: datetime) -> list[dict]:
@@ -102,10 +117,13 @@ def serve_fixed_runs(page, export_id: str, now: datetime) -> list[dict]:
     page.route(re.compile(rf".*/api/exports/{export_id}/runs(\?.*)?$"),
                lambda route: route.fulfill(status=200, content_type="application/json", body=body)
                if route.request.method == "GET" else route.continue_())
-    page.route(re.compile(r".*/api/runs/r-preview/changes$"),
+    page.route(re.compile(r".*/api/runs/r-joined/changes$"),
                lambda route: route.fulfill(status=200, content_type="text/csv; charset=utf-8",
-                                           headers={"Content-Disposition": 'attachment; filename="run-r-preview-changes.csv"'},
+                                           headers={"Content-Disposition": 'attachment; filename="run-r-joined-changes.csv"'},
                                            body="email,change\nann@example.com,joined\nbo@example.com,left\n"))
+    preview = json.dumps({**runs[-1], "preview": {**PREVIEW, "sample": SAMPLE}})  # GET /runs/{id} adds the sample
+    page.route(re.compile(r".*/api/runs/r-preview$"),
+               lambda route: route.fulfill(status=200, content_type="application/json", body=preview))
     return runs
 
 
@@ -182,18 +200,43 @@ def test_the_runs_view_draws_each_run_by_what_happened(page, workers, saved_expo
         "(lis) => lis.map((li) => [li.dataset.count, li.innerText])"))
     assert facts("r-routine") == {"sent": "Sent (new or changed) 19,600", "left": "Left 0", "unchanged": "Unchanged 0",
                                   "tagged": "Tagged 19,600", "duplicates": "Duplicates 0"}
-    assert facts("r-preview") == {"joined": "Joined 5", "changed": "Changed 3", "left": "Left 2 (tag removed from 2)",
-                                  "unchanged": "Unchanged 32", "tagged": "Tagged 5 (3 had it already)",
-                                  "duplicates": "Duplicates 0"}
+    assert facts("r-joined") == {"joined": "Joined 5", "changed": "Changed 3", "left": "Left 2 (tag removed from 2)",
+                                 "unchanged": "Unchanged 32", "tagged": "Tagged 5 (3 had it already)",
+                                 "duplicates": "Duplicates 0"}
+
+    # a preview: what a run would do, nothing drawn or counted as exported, no Retry or Cancel
     assert row("r-preview").get_attribute("data-kind") == "preview"
     assert "Preview: nothing sent" in row("r-preview").inner_text()
+    assert outcome("r-preview").inner_text() == "Preview · would send 8 · 2 rows would be rejected · a run would stop before sending"
+    assert "tone-warn" in outcome("r-preview").get_attribute("class")
+    assert facts("r-preview") == {"joined": "Would join 5", "changed": "Would change 3",
+                                  "left": "Would leave 12 (tag removed from 12)", "unchanged": "Unchanged 30",
+                                  "tagged": "Would be tagged 5", "duplicates": "Duplicates 0"}
+    assert row("r-preview").locator(".runbar .seg").count() == 0
+    assert row("r-preview").locator(".runbar").get_attribute("aria-label") == "Preview r-preview: would send 8 · nothing sent"
+    for key in ("confirmed", "failed"):
+        assert row("r-preview").locator(f"td[data-count={key}]").inner_text().startswith("—")
+    assert row("r-preview").get_by_role("button").all_inner_texts() == ["Show preview"]
+    row("r-preview").get_by_role("button", name="Show preview r-preview").click()
+    panel = page.get_by_role("region", name="Preview r-preview: what a run would do")
+    assert panel.locator(".would-stop").inner_text() == f"A run would stop before sending: {PREVIEW['wouldStop']}"
+    assert panel.locator(".would-stop").get_attribute("data-would-stop") == "yes"
+    assert panel.locator(".estimate strong").inner_text() == "about 4 min"  # 262.4 s
+    assert panel.locator(".preview-counts tr[data-count=changed] td.detail").inner_text() == "city: 3"
+    assert panel.locator("table.sample thead th").all_inner_texts() == ["#", "Email", "Email status", "First name",
+                                                                       "Country/region"]
+    assert panel.locator("table.sample tbody td.email").all_inner_texts() == [f"p{i}@example.com" for i in range(8)]
+    assert panel.locator("h4").inner_text() == "The first 8 contacts as they would be sent"
+    assert page.evaluate("document.activeElement.id") == "preview-h"  # the panel opened has the focus
+    panel.get_by_role("button", name="Close preview r-preview").click()
+    assert page.locator("#preview-panel").is_hidden()
 
     # the reports: rejected rows, and the membership changes beside them when the run has them
     assert details("r-routine").get_by_role("link", name=re.compile("Download the rejected rows")).count() == 1
     assert details("r-routine").get_by_role("link", name=re.compile("Membership changes")).count() == 0
     with page.expect_download() as download:
-        details("r-preview").get_by_role("link", name="Membership changes of run r-preview (CSV)").click()
-    assert download.value.suggested_filename == "run-r-preview-changes.csv"
+        details("r-joined").get_by_role("link", name="Membership changes of run r-joined (CSV)").click()
+    assert download.value.suggested_filename == "run-r-joined-changes.csv"
     assert Path(download.value.path()).read_text("utf-8").splitlines()[1] == "ann@example.com,joined"
     assert not unlabelled_controls(page)
     shot(page, "run-outcomes")

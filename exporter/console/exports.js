@@ -3,6 +3,7 @@
 import { ATTRIBUTES, ATTRIBUTE_LABEL, alertBox, busy, clearProblem, current, field, focusHeading, h, say, showProblem, state, statusBox } from "./common.js";
 import { fillRunSummaries, nextCheck } from "./summaries.js";
 import { loadRuns } from "./runs.js";
+import { previewPanel, startPreview } from "./preview.js";
 import { sourcePicker } from "./source_picker.js";
 
 // --- exports list -----------------------------------------------------------------------------
@@ -47,6 +48,7 @@ export async function exportsView(main) {
         busy(run, false);
       }
     });
+    const preview = listPreviewButton(x, problem);
     const src = x.source;
     return h("tr", { dataset: { exportId: x.id } },
       h("th", { scope: "row" }, h("a", { href: `#/exports/${encodeURIComponent(x.id)}` }, x.name)),
@@ -55,13 +57,32 @@ export async function exportsView(main) {
       h("td", { class: "last-run" }, h("span", { class: "loading" }, "…")),
       h("td", { class: "chart" }),
       h("td", { class: "next-check" }, nextCheck(x, exports.schedule)),
-      h("td", { class: "actions" }, h("a", { href: `#/exports/${encodeURIComponent(x.id)}`, class: "button", "aria-label": `Open ${x.name}` }, "Open"), " ", run));
+      h("td", { class: "actions" }, h("a", { href: `#/exports/${encodeURIComponent(x.id)}`, class: "button", "aria-label": `Open ${x.name}` }, "Open"), " ", run, " ", preview));
   });
   listBox.replaceChildren(h("table", { class: "grid exports" },
     h("caption", { class: "visually-hidden" }, "Exports"),
     h("thead", {}, h("tr", {}, ["Name", "Connection", "Segment", "Last run", "Recent runs", "Next check", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
     h("tbody", {}, rows)));
   fillRunSummaries(listBox, exports.exports, view);
+}
+
+
+// Preview from the list: the dry run starts, and the export's page shows it as it is planned.
+function listPreviewButton(x, problem) {
+  const button = h("button", { type: "button", "aria-label": `Preview ${x.name}: what a run would do, sending nothing` }, "Preview");
+  button.addEventListener("click", async () => {
+    clearProblem(problem);
+    busy(button, true);
+    try {
+      const started = await startPreview(x.id);
+      state.flash = { text: `Preview ${started.runId} started: it plans the latest refresh and sends nothing.`, preview: started.runId };
+      location.hash = `#/exports/${encodeURIComponent(x.id)}`;
+    } catch (err) {
+      showProblem(problem, err);
+      busy(button, false);
+    }
+  });
+  return button;
 }
 
 
@@ -327,7 +348,7 @@ export async function exportView(main, exportId) {
   const updateRun = () => {
     runNow.disabled = isNew;
     runHint.textContent = isNew ? "Save the export first; saving does not run it."
-      : dirty ? "The settings below have unsaved changes: Run now runs the saved settings." : "";
+      : dirty ? "The settings below have unsaved changes: Run now and Preview use the saved settings." : "";
   };
   form.addEventListener("input", () => { dirty = true; updateRun(); });
   form.addEventListener("change", () => { dirty = true; updateRun(); });
@@ -361,11 +382,17 @@ export async function exportView(main, exportId) {
   // an export that is saved: its runs first (Run now, the history, the progress), then its settings
   const runsProblem = alertBox();
   const runStatus = statusBox();
+  const preview = previewPanel(view);
+  const previewButton = h("button", { type: "button", id: "export-preview", "aria-describedby": "export-preview-hint" }, "Preview");
+  const showPreview = (runId) => preview.show(runId, { focus: true });
   const runsSection = isNew ? null : h("section", { id: "runs", "aria-labelledby": "runs-h" },
     h("h2", { id: "runs-h" }, "Runs"),
-    h("div", { class: "buttons" }, runNow, runHint),
-    runStatus, runsProblem,
+    h("div", { class: "buttons" }, runNow, previewButton, runHint),
+    h("p", { class: "hint", id: "export-preview-hint" }, "Preview plans the latest refresh as a run would and says what it " +
+      "would send, change and untag, and how long it would take; it sends nothing and changes nothing in Omnisend."),
+    runStatus, runsProblem, preview.element,
     h("div", { id: "run-list", class: "table-scroll" }, h("p", { class: "loading" }, "Loading runs…")));
+  const reloadRuns = () => loadRuns(runsSection, runsProblem, exportId, view, showPreview);
 
   runNow.addEventListener("click", async () => {
     clearProblem(runsProblem);
@@ -374,12 +401,28 @@ export async function exportView(main, exportId) {
     try {
       const started = await state.api.post(`exports/${encodeURIComponent(exportId)}/runs`);
       say(runStatus, `Run ${started.runId} started.`);
-      await loadRuns(runsSection, runsProblem, exportId, view);
+      await reloadRuns();
     } catch (err) {
       showProblem(runsProblem, err);
     } finally {
       busy(runNow, false);
       updateRun();
+    }
+  });
+
+  previewButton.addEventListener("click", async () => {
+    clearProblem(runsProblem);
+    runStatus.hidden = true;
+    busy(previewButton, true);
+    try {
+      const started = await startPreview(exportId);
+      say(runStatus, `Preview ${started.runId} started: it plans the latest refresh and sends nothing.`);
+      preview.show(started.runId).then(reloadRuns); // the history shows it ended at once, not at its next poll
+      await reloadRuns();
+    } catch (err) {
+      showProblem(runsProblem, err);
+    } finally {
+      busy(previewButton, false);
     }
   });
 
@@ -414,12 +457,14 @@ export async function exportView(main, exportId) {
   if (runsSection) main.append(runsSection);
   if (!isNew) form.prepend(h("h2", { id: "settings-h" }, "Settings"));
   main.append(form);
+  const flashedPreview = state.flash && state.flash.preview;
   if (state.flash) {
     say(pageStatus, state.flash.text, state.flash.notices || []);
     state.flash = null;
   }
   if (existing) {
     loadColumns().then((ok) => { if (ok) clearProblem(problem, form); });
-    await loadRuns(runsSection, runsProblem, exportId, view);
+    if (flashedPreview) preview.show(flashedPreview).then(reloadRuns); // started from the exports list
+    await reloadRuns();
   }
 }

@@ -21,6 +21,7 @@ export function barParts(run) {
 export function outcome(run) {
   const c = run.counts;
   if (!FINAL.has(run.status)) return { text: STATUS_TEXT[run.status] || run.status, tone: "active" };
+  if (run.kind === "preview") return previewOutcome(run);
   let head;
   let tone;
   if (run.status === "failed") {
@@ -42,6 +43,19 @@ export function outcome(run) {
   if (c.failed > 0) parts.push(`${plural(c.failed, "contact", "contacts")} failed`);
   if (c.tagFailures > 0) parts.push(`${plural(c.tagFailures, "tag change", "tag changes")} failed`);
   return { text: parts.join(" · "), tone };
+}
+
+
+// A preview sent nothing: it says what a run would do, never "Exported" or "Up to date".
+function previewOutcome(run) {
+  const c = run.counts;
+  if (run.status === "failed") return { text: "Preview failed", tone: "bad" };
+  if (run.status === "cancelled") return { text: "Preview cancelled", tone: "neutral" };
+  const p = run.preview || {};
+  const parts = ["Preview", c.queued > 0 ? `would send ${fmtNumber(c.queued)}` : "nothing would be sent"];
+  if (c.rejected > 0) parts.push(`${plural(c.rejected, "row", "rows")} would be rejected`);
+  if (p.wouldStop) parts.push("a run would stop before sending");
+  return { text: parts.join(" · "), tone: p.wouldStop ? "warn" : "preview" };
 }
 
 
@@ -111,8 +125,14 @@ export function secondsLeft(run, budget, perMinute) {
 export function fmtLeft(seconds) {
   if (seconds === null || seconds === undefined) return "";
   if (seconds < 1) return "almost done";
-  if (seconds < 60) return "less than a minute left";
+  return `${fmtAbout(seconds)} left`;
+}
+
+
+// A duration in words, rounded to the minute: "less than a minute", "about 4 min", "about 1 h 05 min".
+export function fmtAbout(seconds) {
+  if (seconds < 60) return "less than a minute";
   const m = Math.round(seconds / 60);
-  if (m < 60) return `about ${m} min left`;
-  return `about ${Math.floor(m / 60)} h ${String(m % 60).padStart(2, "0")} min left`;
+  if (m < 60) return `about ${m} min`;
+  return `about ${Math.floor(m / 60)} h ${String(m % 60).padStart(2, "0")} min`;
 }

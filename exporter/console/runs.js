@@ -27,7 +27,8 @@ function sample(run, nowMs) {
 }
 
 
-export async function loadRuns(section, problemBox, exportId, view) {
+// showPreview(runId): opens a preview's panel (the export's page gives it; the runs offer it on previews)
+export async function loadRuns(section, problemBox, exportId, view, showPreview = null) {
   let data;
   try {
     data = await state.api.get(`exports/${encodeURIComponent(exportId)}/runs`);
@@ -37,9 +38,9 @@ export async function loadRuns(section, problemBox, exportId, view) {
   }
   if (!current(view)) return;
   clearProblem(problemBox);
-  const reload = () => loadRuns(section, problemBox, exportId, view);
+  const reload = () => loadRuns(section, problemBox, exportId, view, showPreview);
   renderRuns(section.querySelector("#run-list"), data.runs, data.requestBudget || null,
-    { problem: problemBox, notice: noticeBox(section) }, reload);
+    { problem: problemBox, notice: noticeBox(section), showPreview }, reload);
   const active = data.runs.some((r) => !settled(r));
   if (active && !state.poll) {
     state.poll = setInterval(() => {
@@ -66,6 +67,7 @@ function noticeBox(section) {
 
 // The bar in parts, with the numbers beside it: text carries what the colours show.
 export function runBar(run) {
+  if (run.kind === "preview") return previewBar(run);
   const p = barParts(run);
   const pct = (n) => (p.queued ? (100 * n) / p.queued : 0);
   const wrap = h("div", { class: "runbar-wrap" });
@@ -88,6 +90,17 @@ export function runBar(run) {
       h("div", { class: "runbar-text" }, text));
   }
   return wrap;
+}
+
+
+// A preview confirmed nothing and failed nothing: an empty bar, hatched, that says what a run would send.
+function previewBar(run) {
+  const c = run.counts;
+  const text = !FINAL.has(run.status) ? "reading the segment"
+    : `${c.queued > 0 ? `would send ${fmtNumber(c.queued)}` : "nothing would be sent"} · nothing sent`;
+  return h("div", { class: "runbar-wrap" },
+    h("div", { class: "runbar runbar-preview", role: "img", "aria-label": `Preview ${run.runId}: ${text}` }),
+    h("div", { class: "runbar-text" }, text));
 }
 
 
@@ -123,6 +136,7 @@ function memberFacts(run) {
   const c = run.counts;
   const fact = (key, label, n, extra) => h("li", { dataset: { count: key } },
     h("span", { class: "fact-label" }, label), " ", h("span", { class: "fact-value" }, fmtNumber(n)), extra || null);
+  if (run.kind === "preview") return previewFacts(run, fact);
   const items = [];
   const counted = c.joined !== undefined && c.changed !== undefined && (c.joined + c.changed > 0 || c.queued === 0);
   if (counted) {
@@ -136,6 +150,20 @@ function memberFacts(run) {
     fact("tagged", "Tagged", c.tagged, c.alreadyTagged ? h("span", { class: "fact-extra" }, ` (${fmtNumber(c.alreadyTagged)} had it already)`) : null),
     fact("duplicates", "Duplicates", c.duplicates));
   return h("ul", { class: "facts", "aria-label": `Members of run ${run.runId}` }, items);
+}
+
+
+// A preview's members as what a run would do with them (nothing was tagged or untagged).
+function previewFacts(run, fact) {
+  const c = run.counts;
+  const p = run.preview || {};
+  const extra = (text) => h("span", { class: "fact-extra" }, text);
+  return h("ul", { class: "facts", "aria-label": `What run ${run.runId} found a run would do` },
+    fact("joined", "Would join", c.joined || 0), fact("changed", "Would change", c.changed || 0),
+    fact("left", "Would leave", c.left, p.tagRemovals ? extra(` (tag removed from ${fmtNumber(p.tagRemovals)})`) : null),
+    fact("unchanged", "Unchanged", c.skipped),
+    fact("tagged", "Would be tagged", p.tagAdditions || 0),
+    fact("duplicates", "Duplicates", c.duplicates));
 }
 
 
@@ -191,6 +219,11 @@ function actionButtons(run, newest, ui, reload) {
       ui.notice.hidden = false;
     });
   }
+  if (run.kind === "preview" && FINAL.has(run.status) && run.preview && ui.showPreview) {
+    const b = h("button", { type: "button", "aria-label": `Show preview ${run.runId}` }, "Show preview");
+    b.addEventListener("click", () => ui.showPreview(run.runId));
+    actions.push(b);
+  }
   if (newest && run.heldByThreshold) { // the newest run stopped at a safety threshold: send that refresh anyway
     act("Run anyway", `Run anyway: send the refresh that run ${run.runId} held`, null,
       () => state.api.send("POST", `exports/${encodeURIComponent(run.exportId)}/runs`, { query: { confirm: "true" } }));
@@ -199,6 +232,14 @@ function actionButtons(run, newest, ui, reload) {
 }
 
 const HEAD = ["Started", "Outcome", "Progress", "Read", "Exported", "Rejected", "Failed", "Duration", "Actions"];
+
+// Exported and failed: a preview sent nothing, so it has neither (a dash, not a 0 that reads as a result).
+function sentNum(run, key) {
+  if (run.kind !== "preview") return h("td", { class: "num", dataset: { count: key } }, fmtNumber(run.counts[key]));
+  return h("td", { class: "num none", dataset: { count: key }, title: "a preview sends nothing" },
+    h("span", { "aria-hidden": "true" }, "—"), h("span", { class: "visually-hidden" }, "none: a preview sends nothing"));
+}
+
 
 function runRows(run, newest, budget, ui, reload, nowMs) {
   const c = run.counts;
@@ -211,7 +252,7 @@ function runRows(run, newest, budget, ui, reload, nowMs) {
       run.stuck ? h("div", { class: "hint" }, `Stuck: ${run.stuck}`) : null,
       FINAL.has(run.status) && !run.countsFinal ? h("div", { class: "hint" }, "Counts still changing: batches in flight are being accounted for") : null),
     h("td", { class: "progress" }, runBar(run)),
-    num(c.read, "read"), num(c.confirmed, "confirmed"), num(c.rejected, "rejected"), num(c.failed, "failed"),
+    num(c.read, "read"), sentNum(run, "confirmed"), num(c.rejected, "rejected"), sentNum(run, "failed"),
     h("td", { class: "num" }, fmtDuration(run)),
     h("td", { class: "actions" }, actionButtons(run, newest, ui, reload)));
   const reasons = [
@@ -236,7 +277,8 @@ function renderRuns(box, runs, budget, ui, reload) {
     return;
   }
   const nowMs = Date.now();
-  const rows = runs.flatMap((run, i) => runRows(run, i === 0, budget, ui, reload, nowMs));
+  const newest = runs.find((r) => r.kind !== "preview"); // Run anyway belongs to the newest real run
+  const rows = runs.flatMap((run) => runRows(run, run === newest, budget, ui, reload, nowMs));
   box.replaceChildren(h("table", { class: "grid runs" },
     h("caption", { class: "visually-hidden" }, "Run history, newest first"),
     h("thead", {}, h("tr", {}, HEAD.map((t) => h("th", { scope: "col" }, t === "Actions" ? h("span", { class: "visually-hidden" }, t) : t)))),
