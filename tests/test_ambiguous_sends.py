@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from devtools.omnisend_sandbox.server import FaultAction
-from exporter.domain.reasons import REASON_OUTCOME_UNKNOWN_NO_ANSWER
+from exporter.domain.reasons import REASON_OUTCOME_UNKNOWN_NO_ANSWER, REASON_OUTCOME_UNKNOWN_SERVER_ERROR
 from exporter.upload.outcomes import MAX_UNANSWERED_SENDS
 from tests.apphelpers import create_connection, create_export, report_rows, start_run, wait_for_run
 from tests.conftest import TEST_API_KEY, TEST_BRAND
@@ -82,3 +82,38 @@ def test_a_send_never_answered_is_capped_and_counted_as_outcome_unknown(services
     assert {r["reason"] for r in report} == {REASON_OUTCOME_UNKNOWN_NO_ANSWER}
     assert all("did not answer 4 of 4 sends" in r["detail"] and f"/runs/{run['runId']}/retry" in r["detail"]
                for r in report)
+
+
+def test_a_gateway_error_after_omnisend_did_the_work_is_sent_again_and_counted_once(services, workers, sandbox,
+                                                                                   segment_container):
+    """A 502 to POST /batches may come after the batch was created: the batch goes again (an upsert),
+    and the copy Omnisend answers is the one checked; nothing counts as "not sent"."""
+    services.backoff = lambda attempt: 0.2
+    segment(segment_container, 5)
+    export = create_export(create_connection(TEST_API_KEY)["id"], segment_container.container_name, "ci", SEG,
+                           mapping=MAPPING)
+    sandbox.faults.force_status(502, count=2, route="POST /batches", after_processing=True)
+    run = run_once(export)
+    c = run["counts"]
+    assert run["status"] == "succeeded" and c["confirmed"] == 5 and c["failed"] == 0, run
+    stats = sandbox.stats(TEST_BRAND)
+    assert stats["batchesCreated"] == 3 and stats["byPath"]["POST /batches"] == 3  # two answered 502, then one
+    assert len(sandbox.contacts(TEST_BRAND)) == 5
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_server_errors_to_every_send_leave_the_outcome_unknown_not_not_sent(services, workers, sandbox,
+                                                                           segment_container, status):
+    """After MAX_UNANSWERED_SENDS server errors (other than 503) the contacts may be in Omnisend: unknown."""
+    services.backoff = lambda attempt: 0.1
+    segment(segment_container, 5)
+    export = create_export(create_connection(TEST_API_KEY)["id"], segment_container.container_name, "ci", SEG,
+                           mapping=MAPPING)
+    sandbox.faults.force_status(status, count=10, route="POST /batches")
+    run = run_once(export)
+    c = run["counts"]
+    assert run["status"] == "failed" and c["read"] == c["failed"] == 5, run
+    assert c["failedByReason"] == {REASON_OUTCOME_UNKNOWN_SERVER_ERROR: 5}
+    assert sandbox.stats(TEST_BRAND)["byPath"]["POST /batches"] == MAX_UNANSWERED_SENDS
+    report = report_rows(run["runId"])
+    assert all("did not confirm 4 of 4 sends" in r["detail"] and f"HTTP {status}" in r["detail"] for r in report)

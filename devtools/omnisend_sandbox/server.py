@@ -170,6 +170,7 @@ class FaultAction:
 
     delay: float = 0.0  # answer this much later
     status: int | None = None  # answer with this problem status instead of handling the request
+    status_after: bool = False  # handle the request (state changes!), then answer ``status`` all the same
     drop_before: bool = False  # close the connection without handling the request
     drop_after: bool = False  # handle the request (state changes!) and then close without answering
     slow: bool = False  # ``delay`` includes ``Faults.slow_seconds`` (counted as an injected fault)
@@ -202,12 +203,15 @@ class Faults:
         # A share of batch items refused with a 400 validation problem, chosen by the item's email (the
         # same email always fails: see ``item_fails``), so that a test can compute which ones fail.
         self.item_error_rate = 0.0
-        self._forced: deque[tuple[int, str | None]] = deque()
+        self._forced: deque[tuple[int, str | None, bool]] = deque()
 
-    def force_status(self, status: int, count: int = 1, route: str | None = None) -> None:
-        """Answer the next ``count`` requests (of ``route`` only, when given) with problem ``status``."""
+    def force_status(self, status: int, count: int = 1, route: str | None = None,
+                     after_processing: bool = False) -> None:
+        """Answer the next ``count`` requests (of ``route`` only, when given) with problem ``status``.
+        ``after_processing``: the request is handled first and its answer replaced, as a gateway's 502
+        or 504 does when the backend did the work, or a 500 raised after a write."""
         with self._lock:
-            self._forced.extend([(status, route)] * count)
+            self._forced.extend([(status, route, after_processing)] * count)
 
     @property
     def forced_pending(self) -> int:
@@ -226,10 +230,10 @@ class Faults:
     def on_request(self, method: str, route: str) -> FaultAction | None:
         action = FaultAction(delay=self.latency_seconds)
         with self._lock:
-            for i, (status, only) in enumerate(self._forced):
+            for i, (status, only, after) in enumerate(self._forced):
                 if only is None or only == route:
                     del self._forced[i]
-                    action.status = status
+                    action.status, action.status_after = status, after
                     return action
             roll_error = self._random.random()
             roll_drop = self._random.random()
@@ -475,7 +479,7 @@ class OmnisendSandbox:
             st["admittedByPath"][route_key] = st["admittedByPath"].get(route_key, 0) + 1
 
         action = self.faults.on_request(method, route_key) if self.faults else None
-        if action and (action.status or action.drop_before):
+        if action and ((action.status and not action.status_after) or action.drop_before):
             with self.lock:
                 st["faultsInjected"] += 1
             if action.drop_before:
@@ -493,6 +497,11 @@ class OmnisendSandbox:
             return reply
 
         reply = self._handle_admitted(method, route, params, allowed, query, headers, body, brand_name)
+        if action and action.status_after and action.status:  # done, and answered as a failure
+            reply = problem(action.status, HTTPStatus(action.status).phrase,
+                            "Injected by the sandbox fault hook after the request was handled.")
+            with self.lock:
+                st["faultsInjected"] += 1
         with self.lock:
             self._count_status(st, reply.status)
         if action:

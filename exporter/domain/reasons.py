@@ -36,6 +36,7 @@ REASON_NOT_REPORTED = "outcome not reported by Omnisend"
 REASON_OUTCOME_UNKNOWN = "outcome unknown"
 REASON_OUTCOME_UNKNOWN_CONNECTION = "outcome unknown: connection removed"
 REASON_OUTCOME_UNKNOWN_NO_ANSWER = "outcome unknown: Omnisend did not answer"
+REASON_OUTCOME_UNKNOWN_SERVER_ERROR = "outcome unknown: Omnisend answered a server error"
 
 
 REJECTED_BY_OMNISEND = "rejected by Omnisend"

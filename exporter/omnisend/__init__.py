@@ -13,6 +13,7 @@ from .errors import (
     OmnisendUnavailable,
     OmnisendValidationError,
     OmnisendVersionRetired,
+    OmnisendWriteUnconfirmed,
 )
 from .results import BatchInfo, BatchItemResult
 
@@ -20,5 +21,5 @@ __all__ = [
     "BatchInfo", "BatchItemResult", "OmnisendAuthError", "OmnisendClient", "OmnisendError", "OmnisendKeyUnusable", "OmnisendNoAnswer",
     "OmnisendNotFound",
     "OmnisendRateLimited", "OmnisendTerminalError", "OmnisendTransientError", "OmnisendUnavailable",
-    "OmnisendValidationError", "OmnisendVersionRetired",
+    "OmnisendValidationError", "OmnisendVersionRetired", "OmnisendWriteUnconfirmed",
 ]

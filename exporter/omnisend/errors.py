@@ -72,10 +72,17 @@ class OmnisendUnavailable(OmnisendTransientError):
     something (POST), it may or may not have taken effect."""
 
 
-class OmnisendNoAnswer(OmnisendUnavailable):
+class OmnisendWriteUnconfirmed(OmnisendUnavailable):
+    """A write Omnisend may have done without saying so: its outcome is unknown, not "not sent";
+    sending it again is safe only where the write is an upsert. Raised as such for a server error
+    answered to a write (500, 502, 504: a gateway or a failing backend may answer after the work was
+    done); 503 says the service could not take the request (RFC 9110, 15.6.4) and stays
+    ``OmnisendUnavailable``."""
+
+
+class OmnisendNoAnswer(OmnisendWriteUnconfirmed):
     """A write went out and no answer came back (the answer was later than the timeout, or the
-    connection closed after the request was sent): Omnisend may have done it. Its outcome is unknown,
-    not "not sent"; sending it again is safe only where the write is an upsert."""
+    connection closed after the request was sent): Omnisend may have done it."""
 
 
 class OmnisendValidationError(OmnisendTerminalError):
@@ -150,10 +157,11 @@ def error_from_response(response: requests.Response, method: str, path: str, wha
             "Upgrade the exporter to a supported Omnisend API version (OMNISEND_API_VERSION in "
             f"exporter/omnisend/limits.py); retrying will not help.{suffix}", **common)
     if status >= 500:
-        return OmnisendUnavailable(
+        unconfirmed = method != "GET" and status != 503
+        return (OmnisendWriteUnconfirmed if unconfirmed else OmnisendUnavailable)(
             f"Omnisend failed with a server error when trying to {what} ({where}): "
             f"{detail or 'no detail'}. This is usually transient: retry later"
-            + ("; the write may or may not have taken effect" if method != "GET" else "") + f".{suffix}",
+            + ("; the write may or may not have taken effect" if unconfirmed else "") + f".{suffix}",
             **common)
     return OmnisendError(
         f"Omnisend answered HTTP {status} when trying to {what} ({where}): {detail or 'no detail'}.{suffix}",

@@ -8,10 +8,11 @@ errors; what they mean does not depend on the step:
 - ``BACK_OFF``: transient (Omnisend's 5xx, timeouts, connection resets; Key Vault unreachable or
   throttling): try again after an exponential backoff,
   one attempt spent (MAX_SEND_ATTEMPTS, MAX_CHECK_POLLS end it). A contact batch whose POST went out
-  and was never answered (``OmnisendNoAnswer``) may be at Omnisend already: it is sent again (contacts
-  are upserted by email, so a copy changes nothing) waiting longer for the answer each time, the first
-  copy Omnisend answers is the one checked, and after MAX_UNANSWERED_SENDS such sends its contacts
-  count as "outcome unknown", never as "not sent";
+  and was never answered (``OmnisendNoAnswer``), or was answered a server error other than 503
+  (``OmnisendWriteUnconfirmed``), may be at Omnisend already: it is sent again (contacts are upserted
+  by email, so a copy changes nothing) waiting longer for the answer each time, the first copy
+  Omnisend answers is the one checked, and after MAX_UNANSWERED_SENDS such sends its contacts count
+  as "outcome unknown", never as "not sent";
 - ``ACCESS_PENDING``: Key Vault refused the app's identity: right after a deployment a role
   assignment takes minutes to apply, so try again for about ten minutes, then fail the run naming
   the role;
@@ -41,6 +42,7 @@ from ..domain.reasons import (
     REASON_NOT_SENT_REJECTED,
     REASON_NOT_SENT_UNAVAILABLE,
     REASON_OUTCOME_UNKNOWN_NO_ANSWER,
+    REASON_OUTCOME_UNKNOWN_SERVER_ERROR,
 )
 from ..lifecycle.settle import fail_run
 from ..logs import get_logger
@@ -52,6 +54,7 @@ from ..omnisend import (
     OmnisendNoAnswer,
     OmnisendRateLimited,
     OmnisendTransientError,
+    OmnisendWriteUnconfirmed,
 )
 from ..services import Services
 from ..state.secrets import (
@@ -65,7 +68,7 @@ log = get_logger(__name__)
 
 MAX_SEND_ATTEMPTS = 6  # transient failures (5xx, timeouts, resets) before a batch is given up
 MAX_CHECK_POLLS = 200  # follow-ups before a batch's outcome is declared unknown
-MAX_UNANSWERED_SENDS = 4  # POSTs of one contact batch that got no answer (each may have landed) before it is left unknown
+MAX_UNANSWERED_SENDS = 4  # POSTs of one contact batch left unconfirmed (each may have landed) before it is left unknown
 ANSWER_WAIT_GROWTH = 2.0  # after an unanswered send, the next waits this much longer for its answer
 MAX_ANSWER_WAIT_FACTOR = 4.0  # at most this many times the client's timeout
 
@@ -165,10 +168,12 @@ def _back_off(svc: Services, message: SendBatch | TagBatch, error: Exception, ou
               give_up: Callable[[str, str], None]) -> None:
     attempt = message.attempt + 1
     if isinstance(message, SendBatch):
-        unanswered = message.unanswered + isinstance(error, OmnisendNoAnswer)
+        unanswered = message.unanswered + isinstance(error, OmnisendWriteUnconfirmed)
         if unanswered and (unanswered >= MAX_UNANSWERED_SENDS or attempt >= MAX_SEND_ATTEMPTS):
-            give_up(REASON_OUTCOME_UNKNOWN_NO_ANSWER,
-                    f"Omnisend did not answer {unanswered} of {attempt} sends of this batch (last: {outcome.detail}"
+            said_error = isinstance(error, OmnisendWriteUnconfirmed) and not isinstance(error, OmnisendNoAnswer)
+            what = "did not confirm" if said_error else "did not answer"
+            give_up(REASON_OUTCOME_UNKNOWN_SERVER_ERROR if said_error else REASON_OUTCOME_UNKNOWN_NO_ANSWER,
+                    f"Omnisend {what} {unanswered} of {attempt} sends of this batch (last: {outcome.detail}"
                     f"); it may hold the contacts (upserted by email, so once each). POST /runs/{message.run_id}"
                     "/retry sends it again to learn the outcome.")
             return
