@@ -49,7 +49,7 @@ from .stack import ROOT, loadavg
 @dataclass
 class PlanResult:
     rows: int
-    kind: str  # "first run" | "re-run"
+    kind: str  # "first run" | "re-run" | "preview" | "preview re-run"
     wall: float
     enqueue: float
     state_load: float
