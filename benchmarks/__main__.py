@@ -5,7 +5,7 @@
 
 1. planning   read, map, validate, dedupe, diff and enqueue: 100k, 300k and --rows rows (each <= --rows),
               a first run and a re-run after 1% churn, each planned --repeat times (median reported),
-              with --previews each also as a preview (?dryRun=true, printed only),
+              each also as a preview (?dryRun=true: nothing sent, checked; --no-previews skips them),
               each try in a process of its own;
 2. upload     the whole run, sandbox and app without rate limit, 8 workers: contacts/s and the CPU of
               the app, the sandbox and Azurite (from /proc), then a re-run after 1% churn (4.);
@@ -60,8 +60,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default="planning,upload,ceiling", help="comma-separated subset")
     p.add_argument("--smoke", action="store_true", help="CI size: 20,000 planning rows, 2,000 rows per whole run")
     p.add_argument("--repeat", type=int, default=3, help="planning tries per size and run (the median is reported)")
-    p.add_argument("--previews", action="store_true",
-                   help="also plan each run as a preview (?dryRun=true); the report tables do not show them yet")
+    p.add_argument("--previews", action=argparse.BooleanOptionalAction, default=True,
+                   help="also plan each run as a preview (?dryRun=true), in table 1 as 'preview' and 'preview "
+                        "re-run' (default; --no-previews skips them)")
     p.add_argument("--profile", metavar="DIR", help="also write cProfile stats of each planning run to DIR")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="Markdown report ('-' for none)")
     p.add_argument("--json", help="also write the raw results as JSON here")

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "status": run.status.value if run else None,
         "error": run.error if run else None,
         "counts": run.counts.to_api() if run else None,
+        "preview": run.preview.to_api() if run and run.preview else None,
     }
     sys.stdout.write(json.dumps(out) + "\n")
     return 0

@@ -30,11 +30,16 @@ def _median_tries(results: list[PlanResult]) -> list[tuple[PlanResult, list[Plan
 
 
 def planning_table(results: list[PlanResult]) -> str:
+    """Table 1. A preview's row counts the batches it would make and the queue messages found after it
+    (none, or "sent nothing" says NO); "adds up" checks the counts and the changes report's rows."""
     rows = []
     for r, tries in _median_tries(results):
         c = r.counts
-        batches = c["batches"] + -(-c["left"] // UNTAG_BATCH)  # contact batches and untag batches
+        # a preview makes no batch: the batches it would make (the estimate's) and the messages found
+        contact_batches = r.preview["estimate"]["contactBatches"] if r.preview else c["batches"]
+        batches = contact_batches + -(-c["left"] // UNTAG_BATCH)  # contact batches and untag batches
         messages = batches if batches <= DIRECT_ENQUEUE_LINES else -(-batches // DISPATCH_LINES)
+        changes = r.changes_rows
         rows.append([
             _n(r.rows), r.kind, f"{r.wall:.1f}", _n(r.rows_per_s), " / ".join(_n(t.rows_per_s) for t in tries),
             f"{r.enqueue:.1f}", _n(r.rows_per_s_without_enqueue),
@@ -43,13 +48,19 @@ def planning_table(results: list[PlanResult]) -> str:
             f"{r.reader_peak_rss_mb:.0f}" if r.reader_peak_rss_mb else "-",
             f"{r.peak_rss_mb + r.reader_peak_rss_mb:.0f}", f"{r.rss_before_mb:.0f}",
             f"{c['rejected']:,}/{c['duplicates']:,}/{c['queued']:,}/{c['skipped']:,}/{c['left']:,}",
-            _n(batches), _n(messages), "yes" if all(t.balanced for t in tries) else "NO", r.loadavg,
+            f"{_n(batches)} would be" if r.is_preview else _n(batches),
+            f"{_n(r.queue_messages)} found" if r.is_preview else _n(messages),
+            f"{changes.get('joined', 0):,}/{changes.get('changed', 0):,}/{changes.get('left', 0):,} "
+            f"({r.changes_bytes / 1e6:.1f} MB)",
+            ("yes" if all(t.sent_nothing for t in tries) else "NO") if r.is_preview else "-",
+            "yes" if all(t.balanced and t.changes_add_up for t in tries) else "NO", r.loadavg,
         ])
     return table(["rows", "run", "wall s", "rows/s (median try)", "rows/s, every try", "hand-off s", "rows/s without hand-off",
                   "rows per CPU-s without hand-off", "hand-off CPU ms per batch",
                   "peak RSS MB", "reader process peak RSS MB", "peak RSS MB, both", "RSS at start MB",
                   "rejected/dup/queued/skipped/left", "batches",
-                  "queue messages", "adds up", "load avg"], rows)
+                  "queue messages", "changes report joined/changed/left", "preview sent nothing", "adds up",
+                  "load avg"], rows)
 
 
 def _share(part: float, whole: float) -> str:

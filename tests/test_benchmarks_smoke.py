@@ -20,9 +20,11 @@ def test_the_benchmarks_run_end_to_end_and_their_counts_add_up(azurite_storage, 
     finally:
         clear_app_state(storage)
 
-    # 1. planning: a first run and a re-run after 1% churn, each in its own process
-    first, again = res.planning
-    assert (first.kind, again.kind) == ("first run", "re-run") and first.rows == again.rows == 20_000
+    # 1. planning: a first run and a re-run after 1% churn, each in its own process, and each as a preview
+    assert [r.kind for r in res.planning] == ["first run", "preview", "re-run", "preview re-run"]
+    first, preview, again, preview_again = res.planning
+    assert first.rows == again.rows == 20_000
+    assert preview.sent_nothing and preview_again.sent_nothing and preview.changes_add_up
     for r in (first, again):
         c = r.counts
         assert r.status == "uploading" and r.balanced and c["read"] == 20_000
@@ -53,3 +55,38 @@ def test_the_benchmarks_run_end_to_end_and_their_counts_add_up(azurite_storage, 
     for title in ("## 1. Planning", "## 2. Upload overhead", "## 3. Ceiling", "## 4. Incremental"):
         assert title in text
     assert "python -m benchmarks --smoke" in text and "cores (nproc)" in text
+
+
+def test_the_planning_benchmark_previews_measure_a_real_preview_that_sends_nothing(azurite_storage):
+    """The preview rows of table 1 (issue #17): planned by the app's preview path, their counts the
+    real run's, the changes report written in full, nothing left for a sender, and their numbers real."""
+    from benchmarks import report
+    from benchmarks.planning import bench_size, services
+    from tests.conftest import clear_app_state
+
+    svc = services()
+    clear_app_state(svc.clients)
+    try:
+        results = bench_size(svc, 3_000, log=lambda *a: None, previews=True)
+    finally:
+        clear_app_state(svc.clients)
+
+    first, preview, again, preview_again = results
+    assert [r.kind for r in results] == ["first run", "preview", "re-run", "preview re-run"]
+    planned = ("read", "rejected", "duplicates", "queued", "skipped", "left", "joined", "changed")
+    for run, pre in ((first, preview), (again, preview_again)):
+        assert pre.status == "succeeded" and pre.preview is not None
+        assert {k: pre.counts[k] for k in planned} == {k: run.counts[k] for k in planned}  # what the run did
+        assert pre.balanced and pre.changes_add_up and run.changes_add_up
+        assert pre.sent_nothing and pre.queue_messages == 0 and not pre.state_moved and pre.counts["batches"] == 0
+        assert not run.sent_nothing and run.queue_messages > 0  # the check can fail: a real run leaves messages
+        assert pre.peak_rss_mb >= pre.rss_before_mb > 0 and pre.wall > 0 and pre.cpu > 0 and pre.rows_per_s > 0
+        assert pre.changes_bytes > 0
+        assert pre.preview["estimate"]["contactBatches"] == run.counts["batches"]
+    # before any run everyone valid joins: the changes report lists them all
+    assert preview.changes_rows == {"joined": preview.counts["queued"]} and preview.counts["queued"] > 2_900
+    assert set(preview_again.changes_rows) == {"joined", "changed", "left"}
+    assert preview_again.counts["skipped"] > 2_800
+
+    table = report.planning_table(results)
+    assert "| preview " in table and "| preview re-run " in table and "found" in table and "| NO " not in table
