@@ -120,6 +120,12 @@ class SendBatch(RunRef):
     contacts: list[dict] = field(default_factory=list)  # the Omnisend contact bodies
     attempt: int = 0  # sends that failed transiently so far
     unanswered: int = 0  # of those, sends Omnisend never answered: it may hold the contacts already
+    server_errors: int = 0  # of those, sends answered a server error that may come after the work (not 503)
+
+    @property
+    def unconfirmed(self) -> int:
+        """Sends that may have landed without Omnisend saying so."""
+        return self.unanswered + self.server_errors
 
     @property
     def size(self) -> int:
@@ -154,8 +160,10 @@ class SendBatch(RunRef):
             body["tagged"] = self.tagged
         return body
 
-    def with_attempt(self, attempt: int, unanswered: int | None = None) -> "SendBatch":
-        return replace(self, attempt=attempt, unanswered=self.unanswered if unanswered is None else unanswered)
+    def with_attempt(self, attempt: int, unanswered: int | None = None,
+                     server_errors: int | None = None) -> "SendBatch":
+        return replace(self, attempt=attempt, unanswered=self.unanswered if unanswered is None else unanswered,
+                       server_errors=self.server_errors if server_errors is None else server_errors)
 
     def encode(self) -> str:
         body = {"type": self.TYPE, **self.payload()}
@@ -163,14 +171,16 @@ class SendBatch(RunRef):
             body["attempt"] = self.attempt
         if self.unanswered:
             body["unanswered"] = self.unanswered
+        if self.server_errors:
+            body["serverErrors"] = self.server_errors
         return _dumps(body)
 
     @classmethod
-    def from_payload(cls, body: dict, attempt: int = 0, unanswered: int = 0) -> "SendBatch":
+    def from_payload(cls, body: dict, attempt: int = 0, unanswered: int = 0, server_errors: int = 0) -> "SendBatch":
         return cls(**RunRef._of(body), number=body["batch"], parts=body.get("parts") or [],
                    refs=body.get("refs") or [], fps=[int(f) for f in body.get("fps") or []],
                    tagged=[int(t) for t in body.get("tagged") or []], contacts=body["contacts"], attempt=attempt,
-                   unanswered=unanswered)
+                   unanswered=unanswered, server_errors=server_errors)
 
 
 def send_head(run_id: str, export_id: str, connection_id: str) -> str:
@@ -270,7 +280,8 @@ def decode_batch_message(text: str | bytes) -> BatchMessage:
     kind = body.get("type")
     try:
         if kind == SendBatch.TYPE:
-            return SendBatch.from_payload(body, attempt=body.get("attempt", 0), unanswered=body.get("unanswered", 0))
+            return SendBatch.from_payload(body, attempt=body.get("attempt", 0), unanswered=body.get("unanswered", 0),
+                                          server_errors=body.get("serverErrors", 0))
         if kind == CheckBatch.TYPE:
             return CheckBatch(**RunRef._of(body), number=body["batch"], omnisend_batch_id=body["omnisendBatchId"],
                               polls=body.get("polls", 0))

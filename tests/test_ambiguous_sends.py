@@ -12,7 +12,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from devtools.omnisend_sandbox.server import FaultAction
-from exporter.domain.reasons import REASON_OUTCOME_UNKNOWN_NO_ANSWER, REASON_OUTCOME_UNKNOWN_SERVER_ERROR
+from exporter.domain.reasons import (
+    REASON_OUTCOME_UNKNOWN,
+    REASON_OUTCOME_UNKNOWN_NO_ANSWER,
+    REASON_OUTCOME_UNKNOWN_SERVER_ERROR,
+)
 from exporter.upload.outcomes import MAX_UNANSWERED_SENDS
 from tests.apphelpers import create_connection, create_export, report_rows, start_run, wait_for_run
 from tests.conftest import TEST_API_KEY, TEST_BRAND
@@ -116,4 +120,30 @@ def test_server_errors_to_every_send_leave_the_outcome_unknown_not_not_sent(serv
     assert c["failedByReason"] == {REASON_OUTCOME_UNKNOWN_SERVER_ERROR: 5}
     assert sandbox.stats(TEST_BRAND)["byPath"]["POST /batches"] == MAX_UNANSWERED_SENDS
     report = report_rows(run["runId"])
-    assert all("did not confirm 4 of 4 sends" in r["detail"] and f"HTTP {status}" in r["detail"] for r in report)
+    assert all("answered a server error to 4 of 4 sends" in r["detail"] and f"HTTP {status}" in r["detail"]
+               for r in report)
+
+
+def test_a_lost_answer_and_server_errors_together_leave_the_outcome_unknown_saying_both(services, workers, sandbox,
+                                                                                       segment_container):
+    services.backoff = lambda attempt: 0.1
+    segment(segment_container, 5)
+    export = create_export(create_connection(TEST_API_KEY)["id"], segment_container.container_name, "ci", SEG,
+                           mapping=MAPPING)
+    sends = []
+
+    def on_request(method: str, route: str):
+        if route != "POST /batches":
+            return None
+        sends.append(route)
+        if len(sends) == 1:
+            return FaultAction(delay=3, slow=True)  # done, answered after the 1 s timeout
+        return FaultAction(status=502)
+
+    sandbox.faults.on_request = on_request
+    run = run_once(export)
+    c = run["counts"]
+    assert c["failedByReason"] == {REASON_OUTCOME_UNKNOWN: 5}, run
+    assert len(sends) == MAX_UNANSWERED_SENDS
+    report = report_rows(run["runId"])
+    assert all("did not answer 1 and answered a server error to 3 of 4 sends" in r["detail"] for r in report)

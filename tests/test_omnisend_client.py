@@ -24,6 +24,7 @@ from exporter.omnisend import (
     OmnisendUnavailable,
     OmnisendValidationError,
     OmnisendVersionRetired,
+    OmnisendWriteUnconfirmed,
 )
 from exporter.omnisend import client as client_module
 from exporter.omnisend import errors as errors_module
@@ -230,6 +231,21 @@ def test_server_error_is_unavailable(client, sandbox):
         client.create_batch([contact("a@example.com")])
     assert caught.value.status == 500 and "may or may not have taken effect" in str(caught.value)
     assert_no_secret(caught.value)
+
+
+@pytest.mark.parametrize("status,unconfirmed", [(500, True), (502, True), (504, True), (501, False), (503, False),
+                                                 (505, False)])
+def test_a_server_error_to_a_write_is_unconfirmed_unless_it_says_the_request_was_not_done(client, sandbox, status,
+                                                                                          unconfirmed):
+    sandbox.faults.force_status(status)
+    with pytest.raises(OmnisendUnavailable) as caught:
+        client.create_batch([contact("a@example.com")])
+    assert isinstance(caught.value, OmnisendWriteUnconfirmed) is unconfirmed and caught.value.status == status
+    assert ("may or may not have taken effect" in str(caught.value)) is unconfirmed
+    sandbox.faults.force_status(status)
+    with pytest.raises(OmnisendUnavailable) as read:
+        client.get_batch_result("b-1")  # a read changes nothing: never unconfirmed
+    assert not isinstance(read.value, OmnisendWriteUnconfirmed)
 
 
 def test_other_statuses_are_plain_omnisend_errors(client, sandbox):

@@ -72,12 +72,16 @@ class OmnisendUnavailable(OmnisendTransientError):
     something (POST), it may or may not have taken effect."""
 
 
+# Server errors that say the request was not done (RFC 9110, 15.6): 501 Not Implemented, 503 Service
+# Unavailable (the service could not take it), 505 HTTP Version Not Supported. Any other 5xx answered to
+# a write (500, a gateway's 502 or 504, ...) may come after the work was done.
+NOT_DONE_SERVER_ERRORS = frozenset({501, 503, 505})
+
+
 class OmnisendWriteUnconfirmed(OmnisendUnavailable):
     """A write Omnisend may have done without saying so: its outcome is unknown, not "not sent";
     sending it again is safe only where the write is an upsert. Raised as such for a server error
-    answered to a write (500, 502, 504: a gateway or a failing backend may answer after the work was
-    done); 503 says the service could not take the request (RFC 9110, 15.6.4) and stays
-    ``OmnisendUnavailable``."""
+    answered to a write, except those of NOT_DONE_SERVER_ERRORS (they stay ``OmnisendUnavailable``)."""
 
 
 class OmnisendNoAnswer(OmnisendWriteUnconfirmed):
@@ -157,7 +161,7 @@ def error_from_response(response: requests.Response, method: str, path: str, wha
             "Upgrade the exporter to a supported Omnisend API version (OMNISEND_API_VERSION in "
             f"exporter/omnisend/limits.py); retrying will not help.{suffix}", **common)
     if status >= 500:
-        unconfirmed = method != "GET" and status != 503
+        unconfirmed = method != "GET" and status not in NOT_DONE_SERVER_ERRORS
         return (OmnisendWriteUnconfirmed if unconfirmed else OmnisendUnavailable)(
             f"Omnisend failed with a server error when trying to {what} ({where}): "
             f"{detail or 'no detail'}. This is usually transient: retry later"

@@ -41,6 +41,7 @@ from ..domain.reasons import (
     REASON_NOT_SENT_KEY_VAULT_UNAVAILABLE,
     REASON_NOT_SENT_REJECTED,
     REASON_NOT_SENT_UNAVAILABLE,
+    REASON_OUTCOME_UNKNOWN,
     REASON_OUTCOME_UNKNOWN_NO_ANSWER,
     REASON_OUTCOME_UNKNOWN_SERVER_ERROR,
 )
@@ -168,16 +169,18 @@ def _back_off(svc: Services, message: SendBatch | TagBatch, error: Exception, ou
               give_up: Callable[[str, str], None]) -> None:
     attempt = message.attempt + 1
     if isinstance(message, SendBatch):
-        unanswered = message.unanswered + isinstance(error, OmnisendWriteUnconfirmed)
-        if unanswered and (unanswered >= MAX_UNANSWERED_SENDS or attempt >= MAX_SEND_ATTEMPTS):
-            said_error = isinstance(error, OmnisendWriteUnconfirmed) and not isinstance(error, OmnisendNoAnswer)
-            what = "did not confirm" if said_error else "did not answer"
-            give_up(REASON_OUTCOME_UNKNOWN_SERVER_ERROR if said_error else REASON_OUTCOME_UNKNOWN_NO_ANSWER,
-                    f"Omnisend {what} {unanswered} of {attempt} sends of this batch (last: {outcome.detail}"
-                    f"); it may hold the contacts (upserted by email, so once each). POST /runs/{message.run_id}"
-                    "/retry sends it again to learn the outcome.")
+        # OmnisendNoAnswer is an OmnisendWriteUnconfirmed: a lost answer, or else a server error answered
+        unanswered = message.unanswered + isinstance(error, OmnisendNoAnswer)
+        server_errors = message.server_errors + (isinstance(error, OmnisendWriteUnconfirmed)
+                                                 and not isinstance(error, OmnisendNoAnswer))
+        unconfirmed = unanswered + server_errors
+        if unconfirmed and (unconfirmed >= MAX_UNANSWERED_SENDS or attempt >= MAX_SEND_ATTEMPTS):
+            reason, said = _unconfirmed(unanswered, server_errors)
+            give_up(reason, f"{said} of {attempt} sends of this batch (last: {outcome.detail}); it may hold the "
+                            f"contacts (upserted by email, so once each). POST /runs/{message.run_id}/retry sends "
+                            "it again to learn the outcome.")
             return
-        retry: SendBatch | TagBatch = message.with_attempt(attempt, unanswered)
+        retry: SendBatch | TagBatch = message.with_attempt(attempt, unanswered, server_errors)
     else:
         retry = message.with_attempt(attempt)
     if attempt >= MAX_SEND_ATTEMPTS:
@@ -186,6 +189,16 @@ def _back_off(svc: Services, message: SendBatch | TagBatch, error: Exception, ou
     delay = svc.backoff(attempt)
     log.warning("transient failure (%s); attempt %d, retry in %.1fs", outcome.detail, attempt, delay)
     svc.batch_queue.send(retry, delay_seconds=delay)
+
+
+def _unconfirmed(unanswered: int, server_errors: int) -> tuple[str, str]:
+    """The reason and the account of a contact batch given up with sends Omnisend did not confirm."""
+    if not server_errors:
+        return REASON_OUTCOME_UNKNOWN_NO_ANSWER, f"Omnisend did not answer {unanswered}"
+    if not unanswered:
+        return REASON_OUTCOME_UNKNOWN_SERVER_ERROR, f"Omnisend answered a server error to {server_errors}"
+    return REASON_OUTCOME_UNKNOWN, (f"Omnisend did not answer {unanswered} and answered a server error to "
+                                    f"{server_errors}")
 
 
 def key_problem_message(svc: Services, connection_id: str, outcome: Outcome) -> str:

@@ -16,6 +16,13 @@ log = get_logger(__name__)
 ORIGIN = "omnisend-segment-exporter"  # Omnisend's batch ``origin``: which integration sent it
 
 
+def reason_after_end(svc: Services, run_id: str, status: RunStatus) -> str:
+    """Why a batch handled after its run ended is not sent: the run's own cause when it failed for one
+    every batch shares (a missing or refused key), else that the run had ended."""
+    run = svc.runs.get(run_id) if status is RunStatus.FAILED else None
+    return (run.stop_reason if run else None) or REASON_NOT_SENT_RUN_ENDED
+
+
 def schedule_check(svc: Services, message: SendBatch | CheckBatch, omnisend_batch_id: str, polls: int,
                    delay: float | None = None) -> None:
     check = CheckBatch(message.run_id, message.export_id, message.connection_id, number=message.number,
@@ -41,9 +48,8 @@ def send_contacts(svc: Services, message: SendBatch) -> None:
         log.warning("run no longer exists; batch dropped")
         return
     if status.is_final:
-        run = svc.runs.get(run_id) if status is RunStatus.FAILED else None
-        give_up_contacts(svc, message, (run.stop_reason if run else None) or REASON_NOT_SENT_RUN_ENDED,
-                         f"the run was {status.value} before this batch was sent")
+        give_up_contacts(svc, message, reason_after_end(svc, run_id, status),
+                         f"the run had ended ({status.value}) before this batch was sent")
         return
     connection = svc.connections.get(message.connection_id)
     if connection is None:

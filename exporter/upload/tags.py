@@ -13,6 +13,7 @@ from ..messages import TagBatch
 from ..services import Services
 from .accounting import commit, give_up_tags
 from .outcomes import HANDLED, after_failed_send
+from .send import reason_after_end
 
 
 def send_tags(svc: Services, message: TagBatch) -> None:
@@ -24,7 +25,7 @@ def send_tags(svc: Services, message: TagBatch) -> None:
     if status is None:
         return
     if status.is_final:
-        give_up_tags(svc, message, f"not sent: the run was {status.value}")
+        give_up_tags(svc, message, f"{reason_after_end(svc, message.run_id, status)} ({status.value})")
         return
     connection = svc.connections.get(message.connection_id)
     if connection is None:
