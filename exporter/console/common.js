@@ -74,6 +74,7 @@ export function field(id, label, control, hint) {
 
 
 export function fmtNumber(n) { return (n ?? 0).toLocaleString("en-US"); }
+export const plural = (n, one, many) => `${fmtNumber(n)} ${n === 1 ? one : many}`;
 
 
 export function fmtTime(iso) {

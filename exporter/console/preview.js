@@ -78,7 +78,7 @@ function contents(run, problem) {
     return [lead, h("p", { class: "run-error" }, run.error || `The preview ended ${run.status}.`), reports];
   }
   const p = run.preview;
-  return [lead, wouldStop(p), countsTable(run), tagChanges(p), estimateLine(p.estimate), reports, sampleOf(p.sample || [])];
+  return [lead, wouldStop(p), countsTable(run), tagChanges(p, run.counts.left), estimateLine(p.estimate), reports, sampleOf(p.sample || [])];
 }
 
 
@@ -112,12 +112,15 @@ function countsTable(run) {
 }
 
 
-function tagChanges(p) {
+function tagChanges(p, left) {
+  let removed;
+  if (p.tagRemoved) removed = `Tag "${p.tagRemoved}" removed from ${fmtNumber(p.tagRemovals)} members who leave`;
+  else if (left > 0) removed = `No tag removed: the ${fmtNumber(left)} members who leave hold no tag of this export`;
+  else removed = "No tag removed: nobody leaves";
   const items = [
     p.tag ? h("li", { dataset: { tag: "added" } }, `Tag "${p.tag}" added to ${fmtNumber(p.tagAdditions)} members`)
       : h("li", { dataset: { tag: "added" } }, "No tag added: the export has no membership tag"),
-    p.tagRemoved ? h("li", { dataset: { tag: "removed" } }, `Tag "${p.tagRemoved}" removed from ${fmtNumber(p.tagRemovals)} members who leave`)
-      : h("li", { dataset: { tag: "removed" } }, "No tag removed: nobody leaves"),
+    h("li", { dataset: { tag: "removed" } }, removed),
   ];
   return h("ul", { class: "preview-tags", "aria-label": "Tag changes" }, items);
 }

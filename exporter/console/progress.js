@@ -1,9 +1,7 @@
 // What a run's numbers mean to a person: its outcome in words, the parts of its bar, its phase, its
 // pace and the time left. Pure functions of the run JSON (no DOM), so the browser tests can check them.
 
-import { FINAL, STATUS_TEXT, fmtNumber } from "./common.js";
-
-const plural = (n, one, many) => `${fmtNumber(n)} ${n === 1 ? one : many}`;
+import { FINAL, STATUS_TEXT, fmtNumber, plural } from "./common.js";
 
 // The bar in parts: confirmed (green), failed (red), not yet known (grey), of the contacts queued.
 // Failed contacts count as done but never as exported, so they are never drawn as progress.

@@ -1,12 +1,10 @@
 // The runs of an export: what happened (in words), the bar in parts, the pace and time left while a
 // run goes, where every member went, Retry and Cancel, and the reports to download.
 
-import { FINAL, POLL_MS, busy, clearProblem, current, fmtDuration, fmtNumber, fmtTime, h, showProblem, state } from "./common.js";
+import { FINAL, POLL_MS, busy, clearProblem, current, fmtDuration, fmtNumber, fmtTime, h, plural, showProblem, state } from "./common.js";
 import { barParts, fmtLeft, outcome, pace, phase, secondsLeft } from "./progress.js";
 
 // --- runs -------------------------------------------------------------------------------------
-
-const plural = (n, one, many) => `${fmtNumber(n)} ${n === 1 ? one : many}`;
 
 // the run ended and every batch is accounted for: its counts no longer change
 function settled(run) {
@@ -208,7 +206,8 @@ function actionButtons(run, newest, ui, reload) {
   };
   const id = encodeURIComponent(run.runId);
   if (!FINAL.has(run.status)) {
-    act("Cancel", `Cancel run ${run.runId}`, "danger", () => state.api.post(`runs/${id}/cancel`));
+    const what = run.kind === "preview" ? "preview" : "run"; // a preview can be stopped while it plans
+    act("Cancel", `Cancel ${what} ${run.runId}`, "danger", () => state.api.post(`runs/${id}/cancel`));
   }
   if (run.retryable) {
     act("Retry", `Retry the failed contacts of run ${run.runId}`, null, async () => {
