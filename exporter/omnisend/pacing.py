@@ -29,7 +29,7 @@ import time
 from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeAlias
 
 from ..logs import get_logger
 from ..state.rate_budgets import BudgetChanged, RateBudgets
@@ -45,6 +45,7 @@ TARGET_SHARE = 0.97  # of the limit
 WINDOW_MARGIN = 0.5
 MAX_SLEEP_SECONDS = 5.0  # longer waits go back to the queue instead of holding a worker
 TAGS_KEY_SUFFIX = "-tags"  # a connection's tags budget: its own entity beside the general one
+Held: TypeAlias = "int | Callable[[float], int]"  # slots to leave free in the window ending at a slot
 TAGS_SEEN_SECONDS = 1.0  # how old this process's view of the tags budget may be when other requests consult it
 
 
@@ -110,9 +111,12 @@ class RateLimiter:
 
         return pace
 
-    def tags_headroom(self, tags_key: str) -> int:
-        """General slots of the current window other requests leave free for tag calls: while tags are
-        being sent (one reserved in the last window), what the tags may still use of their allowance.
+    def tags_headroom(self, tags_key: str) -> Callable[[float], int]:
+        """General slots other requests leave free for tag calls in the window that ends at a slot:
+        while tags are being sent (one reserved in the last window), what the tags may still use of
+        their allowance in that window. Counted in the window ending at the slot, not at now: a contact
+        write reserved seconds ahead must leave room for the tag calls that come meanwhile (counted at
+        now, contacts filled the window ahead and one tag call a window went back to the queue).
         Read from this process's last view of the tags budget, at most TAGS_SEEN_SECONDS old (another
         instance's tag calls show up that much later: it moves shares, never the limit)."""
         now = self.clock()
@@ -123,15 +127,20 @@ class RateLimiter:
         times = array("d")
         times.frombytes(seen[0])
         if not times or times[-1] <= now - self.tags.window:
-            return 0  # no tag call lately: the whole general budget is the other requests'
-        recent = len(times) - bisect_right(times, now - self.tags.window)
-        return max(0, held_for_tags(self.general, self.tags) - recent)
+            return lambda slot: 0  # no tag call lately: the whole general budget is the other requests'
+        held, window = held_for_tags(self.general, self.tags), self.tags.window
 
-    def reserve(self, key: str, budget: Budget, not_before: float = 0.0, held: int = 0, ahead: bool = False) -> float:
+        def headroom(slot: float) -> int:
+            return max(0, held - (bisect_right(times, slot) - bisect_right(times, slot - window)))
+
+        return headroom
+
+    def reserve(self, key: str, budget: Budget, not_before: float = 0.0, held: Held = 0, ahead: bool = False) -> float:
         """Reserve the next slot; returns how long to wait for it, or raises when that is too long.
 
-        ``held``: slots of the window to leave free (for tag calls). ``ahead``: take the earliest slot
-        that fits every window, even before slots reserved later in time by others (tag calls).
+        ``held``: slots to leave free (for tag calls) in the window ending at the slot, or a function
+        of the slot giving them. ``ahead``: take the earliest slot that fits every window, even before
+        slots reserved later in time by others (tag calls).
 
         Threads of one process take turns per key and remember the entity they last wrote, so a
         reservation is usually one conditional write; another instance's write shows as a 412, after
@@ -142,8 +151,8 @@ class RateLimiter:
         with lock:
             return self._reserve(key, budget, not_before, held, ahead)
 
-    def _reserve(self, key: str, budget: Budget, not_before: float, held: int, ahead: bool) -> float:
-        allowed = max(1, budget.allowed - held)
+    def _reserve(self, key: str, budget: Budget, not_before: float, held: Held, ahead: bool) -> float:
+        held_at = held if callable(held) else _always(held)
         for attempt in range(200):
             known = self._known.pop(key, None)
             packed, etag = known if known is not None else self.budgets.read(key)
@@ -155,9 +164,7 @@ class RateLimiter:
             start = max(now, not_before)
             slot = _slot_between(times, start, budget) if ahead else None
             if slot is None:
-                slot = max(start, times[-1] if times else now)  # after every slot reserved so far
-                if len(times) >= allowed:
-                    slot = max(slot, times[len(times) - allowed] + budget.window)
+                slot = _slot_after(times, max(start, times[-1] if times else now), budget, held_at)
             wait = slot - now
             if wait > MAX_SLEEP_SECONDS:
                 # nothing reserved: come back later, when the slot will be near
@@ -178,6 +185,25 @@ class RateLimiter:
                 self._tags_seen[key] = (updated, now)
             return max(0.0, wait)
         raise OmnisendRateLimited("The rate budget of this connection is too contended right now.", retry_after=1.0)
+
+
+def _always(n: int) -> Callable[[float], int]:
+    return lambda slot: n
+
+
+def _slot_after(times: array, slot: float, budget: Budget, held_at: Callable[[float], int]) -> float:
+    """The earliest slot from ``slot`` on (after every slot reserved so far) whose window holds fewer
+    than the budget less the slots held there. A later slot may hold more (fewer tag calls in its
+    window yet), so look again until it stands; it only moves later."""
+    for _ in range(8):
+        allowed = max(1, budget.allowed - held_at(slot))
+        if len(times) < allowed:
+            return slot
+        later = times[len(times) - allowed] + budget.window
+        if later <= slot:
+            return slot
+        slot = later
+    return slot
 
 
 def _fits(times: array, slot: float, budget: Budget) -> bool:
