@@ -71,7 +71,14 @@ def test_a_large_plan_is_enqueued_as_dispatch_messages_that_fan_out_every_batch_
     assert sorted(sends) == list(range(1, 13)) and set(sends.values()) == {2}  # fanned out twice each...
     assert sandbox.stats(TEST_BRAND)["batchesCreated"] == 12  # ...but sent once each
 
-    plan_handler(as_message(receive(services.clients, config.QUEUE_RUNS)))  # plan the membership tags
+    # plan the membership tags: 12 batches are more than a tag wave (10), so the wave planner's tick
+    # is on the runs queue too, before the run's last tag planning; handle both, as the host would
+    handled = []
+    while "planTags" not in handled:
+        m = receive(services.clients, config.QUEUE_RUNS)
+        assert m is not None, handled
+        handled.append(json.loads(m.content)["type"])
+        plan_handler(as_message(m))
     drain(services, every_message_twice)
     run = wait_for_run(run_id, timeout=10)
     c = run["counts"]
@@ -94,12 +101,14 @@ def test_dispatch_messages_become_visible_one_after_another(small_dispatch, serv
 
 
 def test_dispatch_keeps_pace_with_the_request_budget(services):
-    """Dispatch messages come a little faster than the budget sends their batches (a send and a check
-    each), at the share the pacer leaves the contacts while tags are sent (330 of 400 per 60.5 s)."""
+    """Dispatch messages come a little slower than the budget sends their batches (a send and a check
+    each, at the share the pacer leaves the contacts while tags are sent: 330 of 400 per 60.5 s), so
+    the queue does not grow, and faster than the tags endpoint tags them (58 calls of 250 per 60.5 s)."""
     at_omnisends_limits = dataclasses.replace(services.settings, omnisend_rate_limit=400, omnisend_tags_rate_limit=60,
                                               omnisend_rate_window_seconds=60)
     seconds_of_budget = spool.DISPATCH_LINES * 2 * 60.5 / (388 - 58)  # 18.3 s for 50 batches
-    assert 0.8 * seconds_of_budget <= enqueue.dispatch_stagger(at_omnisends_limits) < seconds_of_budget
+    seconds_of_tags = spool.DISPATCH_LINES * 100 / 250 * 60.5 / 58  # 20.9 s to tag 50 batches
+    assert seconds_of_budget < enqueue.dispatch_stagger(at_omnisends_limits) < seconds_of_tags
     unlimited = dataclasses.replace(at_omnisends_limits, omnisend_rate_limit=1_000_000, omnisend_rate_window_seconds=1)
     assert enqueue.dispatch_stagger(unlimited) < 0.001  # nothing to pace: every dispatch message at once
 
