@@ -48,7 +48,7 @@ from exporter.messages import CheckBatch, Dispatch, PlanTags, SendBatch, TagBatc
 from exporter.omnisend import OmnisendRateLimited
 from exporter.omnisend.limits import MAX_BATCH_ITEMS, MAX_EMAILS_PER_TAG_REQUEST, TAGS_PATH
 from exporter.omnisend.pacing import Budget, RateLimiter
-from exporter.planning.enqueue import dispatch_stagger
+from exporter.planning.enqueue import dispatch_delay, dispatch_stagger
 from exporter.planning.spool import DISPATCH_LINES
 from exporter.state.queues import _delay
 
@@ -230,7 +230,7 @@ class Simulation:
             last = min(first + DISPATCH_LINES, batches)
             self.at(planning, lambda i=i, first=first, last=last: self.store.batch_queue.send(
                 Dispatch(RUN, EXPORT, CONNECTION, first=first + 1, lines=last - first),
-                delay_seconds=i * stagger))
+                delay_seconds=dispatch_delay(i, stagger)))
         if batches > WAVE_BATCHES:  # start_tag_waves
             self.at(planning, lambda: self.store.run_queue.send(WaveTick(RUN, 1), delay_seconds=WAVE_TICK_SECONDS))
         for w in range(p.workers):

@@ -147,3 +147,13 @@ def test_small_plans_go_straight_onto_the_queue(services, sandbox, segment_conta
     queued = services.clients.queue(config.QUEUE_BATCHES).peek_messages(max_messages=32)
     assert [json.loads(m.content)["type"] for m in queued] == ["send"] * 3
     assert not spool_exists(services, run_id)
+
+
+def test_the_first_dispatch_messages_are_visible_at_once_and_the_rest_a_stagger_apart():
+    """A head start of HEAD_START_DISPATCHES: the tags endpoint's first window gets its calls' contacts
+    without waiting a stagger for the second message (docs/benchmarks.md, seventh round)."""
+    stagger = 20.2
+    delays = [enqueue.dispatch_delay(i, stagger) for i in range(5)]
+    head = enqueue.HEAD_START_DISPATCHES
+    assert delays[:head] == [0] * head
+    assert delays[head:] == [pytest.approx(stagger * k) for k in range(1, 5 - head + 1)]

@@ -28,7 +28,7 @@ TAG_BATCH = MAX_EMAILS_PER_TAG_REQUEST  # emails per POST /contacts/tags
 # the tags endpoint at 79% of its cap over 100,000 rows). A wave's emails still fill whole tag batches
 # (1,000 emails: 4 calls of 250), and a tick costs a few storage calls.
 WAVE_BATCHES = 10  # contact batches per tag wave: up to 1,000 emails, 4 tag batches
-WAVE_TICK_SECONDS = 3  # how often the wave planner looks for complete waves
+WAVE_TICK_SECONDS = 1  # how often the wave planner looks for complete waves (3 s delayed a first tag call up to 3 s)
 WAVE_MIN_BACKLOG = 10  # tag batches a wave may wait behind; at least the tags limit per window
 
 

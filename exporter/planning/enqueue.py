@@ -18,6 +18,9 @@ REQUESTS_PER_BATCH = 2  # a send and (usually) one check
 # dispatch a little behind what the contacts' share can send, so the batches queue does not grow, yet
 # ahead of what the tags endpoint consumes (58 calls of 250 a window: 145 contact batches, 50 in 20.9 s)
 DISPATCH_PACE = 1.1
+# dispatch messages visible at once: the tags endpoint's first window would otherwise wait for the
+# second one (a first tag call needs its wave's contacts confirmed; 50 batches are 20 tag calls)
+HEAD_START_DISPATCHES = 2
 
 
 class EnqueueError(RuntimeError):
@@ -43,9 +46,15 @@ def enqueue(svc: Services, spool: Spool) -> None:
             _send_all(svc, ((text, 0) for text in spool.messages()))
         else:
             stagger = dispatch_stagger(svc.settings)
-            _send_all(svc, ((d.encode(), i * stagger) for i, d in enumerate(spool.commit())))
+            _send_all(svc, ((d.encode(), dispatch_delay(i, stagger)) for i, d in enumerate(spool.commit())))
     except Exception as e:
         raise EnqueueError(f"enqueueing batches failed: {type(e).__name__}") from e
+
+
+def dispatch_delay(index: int, stagger: float) -> float:
+    """When the dispatch message at ``index`` becomes visible: the first HEAD_START_DISPATCHES at once,
+    then one every ``stagger`` seconds."""
+    return max(0, index - HEAD_START_DISPATCHES + 1) * stagger
 
 
 def dispatch_stagger(settings: Settings) -> float:
