@@ -358,11 +358,11 @@ def test_a_contributor_does_not_see_what_is_for_admins_only(page, workers, servi
 
     open_console(page, workers, "admin")
     assert page.get_by_role("link", name="Connections").is_visible()
-    page.get_by_text("Admins' export").wait_for()
+    page.get_by_role("link", name="Admins' export", exact=True).wait_for()  # its chart's title names it too
 
     page.get_by_label("Development identity").select_option("contributor")
     page.get_by_text("Signed in as local-contributor@dev (Contributor)").wait_for()
-    page.get_by_text("Shared export").wait_for()
+    page.get_by_role("link", name="Shared export", exact=True).wait_for()
     assert page.get_by_role("link", name="Connections").count() == 0  # not in the navigation at all
     assert page.get_by_text("Admins' export").count() == 0
     assert page.locator("#export-list tbody tr").count() == 1

@@ -91,13 +91,15 @@ def test_dispatch_messages_become_visible_one_after_another(small_dispatch, serv
                                                             monkeypatch):
     """Batches go out roughly in number order, so that tag waves (by batch number) can start early."""
     monkeypatch.setattr(enqueue, "dispatch_stagger", lambda settings: 30)
-    segment(segment_container, 1_150)  # dispatch messages of 5, 5 and 2 batches
+    monkeypatch.setattr(enqueue, "HEAD_START_DISPATCHES", 2)
+    segment(segment_container, 1_650)  # dispatch messages of 5, 5, 5 and 2 batches
     start_run(setup_export(segment_container)["id"])
     plan_handler(as_message(receive(services.clients, config.QUEUE_RUNS)))
     queued = services.clients.queue(config.QUEUE_BATCHES)
-    visible = [json.loads(m.content) for m in queued.peek_messages(max_messages=32)]
-    assert [(d["type"], d["first"]) for d in visible] == [("dispatch", 1)]
-    assert services.queue_length(config.QUEUE_BATCHES) == 3  # the other two wait 30 and 60 s
+    visible = sorted((d["type"], d["first"]) for d in map(lambda m: json.loads(m.content),
+                                                             queued.peek_messages(max_messages=32)))
+    assert visible == [("dispatch", 1), ("dispatch", 6)]  # the head start: the first two at once
+    assert services.queue_length(config.QUEUE_BATCHES) == 4  # the other two wait 30 and 60 s
 
 
 def test_dispatch_keeps_pace_with_the_request_budget(services):
