@@ -8,11 +8,11 @@ errors; what they mean does not depend on the step:
 - ``BACK_OFF``: transient (Omnisend's 5xx, timeouts, connection resets; Key Vault unreachable or
   throttling): try again after an exponential backoff,
   one attempt spent (MAX_SEND_ATTEMPTS, MAX_CHECK_POLLS end it). A contact batch whose POST went out
-  and was never answered (``OmnisendNoAnswer``), or was answered a server error other than 503
-  (``OmnisendWriteUnconfirmed``), may be at Omnisend already: it is sent again (contacts are upserted
-  by email, so a copy changes nothing) waiting longer for the answer each time, the first copy
-  Omnisend answers is the one checked, and after MAX_UNANSWERED_SENDS such sends its contacts count
-  as "outcome unknown", never as "not sent";
+  and was never answered (``OmnisendNoAnswer``), or was answered a server error that does not say the
+  request was not done (``OmnisendWriteUnconfirmed``: not 501, 503, 505), may be at Omnisend already:
+  it is sent again (contacts are upserted by email, so a copy changes nothing), each copy after a lost
+  answer waiting longer for its answer, the first copy Omnisend answers is the one checked, and after
+  MAX_UNANSWERED_SENDS such sends its contacts count as "outcome unknown", never as "not sent";
 - ``ACCESS_PENDING``: Key Vault refused the app's identity: right after a deployment a role
   assignment takes minutes to apply, so try again for about ten minutes, then fail the run naming
   the role;
